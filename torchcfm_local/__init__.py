@@ -1,0 +1,38 @@
+"""torchcfm-local: Local Flow Matching (Xu, Cheng & Xie, arXiv 2410.02548) for torchcfm.
+
+Public API::
+
+    import torchcfm_local as tl
+    lfm = tl.LocalFlowMatching(dim=2, schedule=tl.OUSchedule(h0=0.025, rho=1.25, n_blocks=9))
+    report = lfm.fit(x_train, batches_per_block=1000, batch_size=256)
+    x = lfm.sample(1000); z = lfm.encode(x); x2 = lfm.decode(z)
+"""
+__version__ = "0.1.0"
+
+from .checkpoint import CheckpointError
+from .composer import BlockTrainer, LocalFlowMatching
+from .metrics import energy_distance
+from .matchers import LocalBlockMatcher, exact_ot_pairing
+from .networks import MLP
+from .reports import BlockReport, FitReport, IntegrationStats, PoolStats
+from .schedule import OUSchedule, ou_step
+from .solvers import RK4, ODEOptions, VelocityField
+
+__all__ = [
+    "LocalFlowMatching",
+    "BlockTrainer",
+    "OUSchedule",
+    "ou_step",
+    "LocalBlockMatcher",
+    "exact_ot_pairing",
+    "MLP",
+    "ODEOptions",
+    "RK4",
+    "VelocityField",
+    "FitReport",
+    "BlockReport",
+    "PoolStats",
+    "IntegrationStats",
+    "CheckpointError",
+    "energy_distance",
+]

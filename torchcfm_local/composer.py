@@ -1,0 +1,707 @@
+"""The LFM composer: N local blocks trained one after another and chained for sampling.
+
+Block ``n`` (1-based; block 1 touches the data) carries its own velocity network ``v_n(t, x)``,
+``t`` in [0, 1], integrated with a torchdyn ``NeuralODE``. Time runs from the noise side (t = 0)
+to the data side (t = 1) in every block (torchcfm's convention, see :mod:`.matchers`), so
+
+* ``decode(z)``: blocks N, N-1, ..., 1, each from t = 0 to t = 1 (noise -> data);
+* ``encode(x)``: blocks 1, ..., N, each from t = 1 to t = 0 (data -> noise);
+* ``fit(x)``: Algorithm 1 of the paper: train block n on pairs (pool sample, its OU partner), then
+  push the whole pool through block n (an encode step) to get block n+1's pool.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, atomic_save, header, safe_load
+from .matchers import LocalBlockMatcher, _check_beta, default_matcher
+from .networks import MLP, NETWORKS
+from .reports import BlockReport, FitReport, IntegrationStats, pool_stats
+from .schedule import OUSchedule
+from .solvers import ODEOptions, VelocityField, build_node, integrate
+
+__all__ = ["LocalFlowMatching", "BlockTrainer"]
+
+_MODEL_FILE, _POOL_FILE, _PROGRESS_FILE = "model.pt", "pool.pt", "progress.pt"
+
+
+def _progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+@dataclass
+class BlockTrainer:
+    """Handle on one block, yielded by :meth:`LocalFlowMatching.train_blocks` for custom loops.
+
+    Attributes:
+        block: block number (1 = next to the data).
+        h: the block's OU step (``inf`` for the free block).
+        model: the block's velocity network, as built by ``velocity_factory`` (train it).
+        field: ``model`` seen as a torchdyn field ``f(t, x)``.
+        matcher: the block's :class:`LocalBlockMatcher` (torchcfm's method names and returns).
+        pool: the block's data-side samples ``X_{n-1}``, shape ``(n, *shape)``.
+    """
+
+    block: int
+    h: float
+    model: nn.Module
+    field: VelocityField
+    matcher: LocalBlockMatcher
+    pool: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return _device_of(self.model)
+
+    def data(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """A batch of ``batch_size`` pool samples drawn uniformly with replacement, on the model's device."""
+        idx = torch.randint(0, self.pool.shape[0], (batch_size,), generator=generator)
+        return self.pool[idx].to(self.device)
+
+    def loss(self, x1: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Flow-matching loss ``mean |v(t, x_t) - u_t|^2`` on a data-side batch ``x1``.
+
+        ``z`` and ``t`` are drawn from ``generator`` (on ``x1``'s device) when given, else from
+        torch's global RNG.
+        """
+        z = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+        t = self.matcher.sample_time(x1.shape[0], x1, generator)
+        t, xt, ut = self.matcher.sample_location_and_conditional_flow(z, x1, t)
+        return torch.mean((self.field(t, xt) - ut) ** 2)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _as_shape(dim) -> tuple[int, ...]:
+    shape = (dim,) if isinstance(dim, int) and not isinstance(dim, bool) else dim
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"dim must be an int or a tuple of ints, got {dim!r}") from None
+    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(f"dim must be a positive int or a tuple of positive ints, got {dim!r}")
+    return shape
+
+
+def _net_spec(net: nn.Module) -> Optional[dict]:
+    """``{"type", "config"}`` for networks a checkpoint can rebuild, else ``None``."""
+    name = type(net).__name__
+    if NETWORKS.get(name) is type(net) and isinstance(getattr(net, "config", None), dict):
+        return {"type": name, "config": dict(net.config)}
+    return None
+
+
+def _fingerprint(x: torch.Tensor) -> list[float]:
+    """Cheap identity of a training set, to refuse resuming on other data."""
+    flat = x.reshape(x.shape[0], -1).double()
+    return [float(x.shape[0]), float(flat.sum()), float((flat * flat).sum()), float(flat[:: max(1, x.shape[0] // 97)].sum())]
+
+
+class LocalFlowMatching(nn.Module):
+    """Local Flow Matching (Xu, Cheng & Xie, arXiv 2410.02548): a chain of N flow blocks.
+
+    Args:
+        dim: data dimension (``int``) or sample shape (tuple, e.g. ``(3, 32, 32)`` or ``(16, 7)``).
+        schedule: the OU block schedule (:class:`OUSchedule`); ``OUSchedule.global_flow()`` is
+            plain flow matching with one network.
+        matcher: any torchcfm conditional matcher; default: the trigonometric path
+            ``VariancePreservingConditionalFlowMatcher(sigma=0)`` used by the reference.
+        velocity_factory: ``n -> nn.Module`` building block ``n``'s velocity network (1-based),
+            called as ``net(t, x)`` with ``t`` of shape ``(B,)``, or ``net(cat([x, t[:, None]]))``
+            when its ``forward`` takes one argument (torchcfm's ``MLP``). Default:
+            ``MLP(prod(shape), width=256, depth=3)``.
+        t_beta: draw training times from Beta(a, b) on our time axis (noise at 0, data at 1)
+            instead of U(0, 1).
+        ode: default :class:`ODEOptions` (or solver name / dict) for sampling, encoding and the
+            training pushforward; default ``ODEOptions()``: 16 RK4 steps per block.
+
+    Raises:
+        ValueError / TypeError: invalid shape, schedule or matcher, or a network whose output shape
+            differs from its input shape.
+    """
+
+    def __init__(
+        self,
+        dim: Union[int, Sequence[int]],
+        schedule: OUSchedule,
+        matcher=None,
+        velocity_factory: Optional[Callable[[int], nn.Module]] = None,
+        *,
+        t_beta: Optional[tuple[float, float]] = None,
+        ode: Union[ODEOptions, str, dict, None] = None,
+    ):
+        super().__init__()
+        if not isinstance(schedule, OUSchedule):
+            raise TypeError(f"schedule must be an OUSchedule, got {type(schedule).__name__}")
+        self.shape = _as_shape(dim)
+        self.schedule = schedule
+        self.matcher = default_matcher() if matcher is None else matcher
+        LocalBlockMatcher(self.matcher, math.inf)  # validates the matcher type
+        self.t_beta = _check_beta(t_beta)
+        self.ode = ODEOptions.coerce(ode, ODEOptions())
+        self.velocity_factory = velocity_factory
+        self.nets = nn.ModuleList([self._build_net(n) for n in range(1, schedule.n_blocks + 1)])
+        self._fields = [VelocityField(net) for net in self.nets]
+        self._nodes: dict = {}
+        self.n_trained = 0
+        self.last_stats: Optional[IntegrationStats] = None
+
+    # ------------------------------------------------------------------ construction helpers
+    @property
+    def n_blocks(self) -> int:
+        return self.schedule.n_blocks
+
+    @property
+    def dim(self) -> int:
+        """Flattened dimension ``prod(shape)``."""
+        return int(np.prod(self.shape))
+
+    @property
+    def device(self) -> torch.device:
+        return _device_of(self)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            return p.dtype
+        return torch.get_default_dtype()
+
+    def _build_net(self, n: int) -> nn.Module:
+        if self.velocity_factory is None:
+            net = MLP(self.dim)
+        else:
+            net = self.velocity_factory(n)
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"velocity_factory({n}) must return an nn.Module, got {type(net).__name__}")
+        probe = torch.zeros(2, *self.shape, device=_device_of(net), dtype=next(net.parameters(), torch.zeros(())).dtype)
+        try:
+            with torch.no_grad():
+                out = VelocityField(net)(torch.tensor(0.5), probe)
+        except Exception as err:
+            raise ValueError(
+                f"velocity_factory({n}) built a network that fails on input of shape {tuple(probe.shape)} "
+                f"(t of shape (2,)): {err}"
+            ) from err
+        if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"velocity_factory({n}) built a network whose output {got} differs from its input "
+                f"{tuple(probe.shape)}; a velocity must have the shape of x"
+            )
+        return net
+
+    def block_matcher(self, n: int) -> LocalBlockMatcher:
+        """The local-block matcher of block ``n`` (1-based)."""
+        return LocalBlockMatcher(self.matcher, self.schedule.step(n), self.t_beta)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_samples(self, x, name: str, min_count: int = 1) -> torch.Tensor:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert with .float()")
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"{name} must have shape (n, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
+        if x.shape[0] < min_count:
+            raise ValueError(f"{name} must hold at least {min_count} sample(s), got {x.shape[0]}")
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            rows = torch.nonzero(bad.reshape(x.shape[0], -1).any(1)).flatten()
+            raise ValueError(
+                f"{name} contains NaN or Inf in {rows.numel()} sample(s) (first at index {int(rows[0])}); "
+                "remove or impute them first"
+            )
+        return x
+
+    def _require_trained(self, what: str):
+        if self.n_trained < self.n_blocks:
+            raise RuntimeError(
+                f"cannot {what}: only {self.n_trained} of {self.n_blocks} blocks are trained; "
+                "call fit() (or resume it) first"
+            )
+
+    # ------------------------------------------------------------------ integration
+    def _node(self, n: int, ode: ODEOptions):
+        key = (n, ode)
+        if key not in self._nodes:
+            node = build_node(self._fields[n - 1], ode)
+            node.vf_params = None  # a flat copy of all weights torchdyn keeps for adjoints; unused with autograd
+            self._nodes[key] = node
+        return self._nodes[key]
+
+    @torch.no_grad()
+    def _transport(
+        self,
+        x: torch.Tensor,
+        blocks: Sequence[int],
+        to_data: bool,
+        ode: ODEOptions,
+        chunk_size: int,
+        out: Optional[torch.Tensor] = None,
+        progress: Optional[str] = None,
+    ) -> tuple[torch.Tensor, list[float]]:
+        """Carry ``x`` through ``blocks`` in order, chunk by chunk; returns (result, NFE per block).
+
+        ``out`` may be ``x`` itself (in-place pushforward: no second copy of a large pool).
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if out is None:
+            out = torch.empty_like(x)
+        device, dtype = self.device, self.dtype
+        nfe = [0.0] * len(blocks)
+        n_chunks = math.ceil(x.shape[0] / chunk_size)
+        was_training = self.training
+        self.eval()
+        try:
+            with _progress_bar(n_chunks, progress or "", progress is not None) as bar:
+                for i in range(0, x.shape[0], chunk_size):
+                    y = x[i : i + chunk_size].to(device, dtype)
+                    for k, n in enumerate(blocks):
+                        field = self._fields[n - 1]
+                        field.nfe = 0
+                        t0, t1 = (0.0, 1.0) if to_data else (1.0, 0.0)
+                        y = integrate(field, y, t0, t1, ode, self._node(n, ode))
+                        nfe[k] += field.nfe / n_chunks
+                    out[i : i + chunk_size] = y.to(out.device, out.dtype)
+                    bar.update(1)
+        finally:
+            self.train(was_training)
+        return out, nfe
+
+    def _default_chunk(self) -> int:
+        return max(256, 2**20 // self.dim)
+
+    def decode(self, z, *, ode=None, chunk_size: Optional[int] = None) -> torch.Tensor:
+        """Noise -> data: blocks N..1, each integrated from t = 0 to t = 1.
+
+        Args:
+            z: ``(B, *shape)`` noise samples.
+            ode: :class:`ODEOptions`, solver name or dict overriding the model's default.
+            chunk_size: samples integrated at once (bounds memory).
+
+        Returns:
+            ``(B, *shape)`` data-side samples, dtype and device of ``z``. NFE in :attr:`last_stats`.
+        """
+        self._require_trained("decode")
+        z = self._check_samples(z, "z")
+        return self._timed(z, list(range(self.n_blocks, 0, -1)), True, ode, chunk_size)
+
+    def encode(self, x, *, ode=None, chunk_size: Optional[int] = None) -> torch.Tensor:
+        """Data -> noise: blocks 1..N, each integrated from t = 1 to t = 0. The inverse of :meth:`decode`."""
+        self._require_trained("encode")
+        x = self._check_samples(x, "x")
+        return self._timed(x, list(range(1, self.n_blocks + 1)), False, ode, chunk_size)
+
+    def sample(
+        self, n: int, *, ode=None, generator: Optional[torch.Generator] = None, chunk_size: Optional[int] = None
+    ) -> torch.Tensor:
+        """Draw ``n`` samples: ``z ~ N(0, I)`` (from ``generator`` if given), then :meth:`decode`."""
+        self._require_trained("sample")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        z = torch.randn((n, *self.shape), generator=generator, dtype=self.dtype)
+        return self.decode(z, ode=ode, chunk_size=chunk_size)
+
+    def _timed(self, x, blocks, to_data, ode, chunk_size) -> torch.Tensor:
+        ode = ODEOptions.coerce(ode, self.ode)
+        start = time.perf_counter()
+        out, nfe = self._transport(x, blocks, to_data, ode, self._default_chunk() if chunk_size is None else chunk_size)
+        if to_data:  # report block 1 first
+            nfe = nfe[::-1]
+        self.last_stats = IntegrationStats(tuple(nfe), time.perf_counter() - start)
+        return out
+
+    # ------------------------------------------------------------------ training
+    def train_blocks(self, x, *, ode=None, chunk_size: Optional[int] = None, warm_start: bool = False, progress: bool = True) -> Iterator[BlockTrainer]:
+        """Block-wise training with your own loop: yields one :class:`BlockTrainer` per block.
+
+        Train ``trainer.model`` inside the loop body; when the body ends, the block is marked
+        trained and the pool is pushed through it (data -> noise) to become the next block's data.
+
+        Example::
+
+            for block in lfm.train_blocks(x_train):
+                opt = torch.optim.Adam(block.model.parameters())
+                for _ in range(1000):
+                    opt.zero_grad(); block.loss(block.data(256)).backward(); opt.step()
+        """
+        ode = ODEOptions.coerce(ode, self.ode)
+        chunk_size = self._default_chunk() if chunk_size is None else chunk_size
+        pool = self._initial_pool(x, ode, chunk_size)
+        for n in range(self.n_trained + 1, self.n_blocks + 1):
+            if warm_start and n > 1:
+                self._warm_start(n)
+            self.nets[n - 1].train()
+            yield self._trainer(n, pool)
+            self.n_trained = n
+            if n < self.n_blocks:
+                self._push_pool(n, pool, ode, chunk_size, progress)
+
+    def _initial_pool(self, x, ode: ODEOptions, chunk_size: int) -> torch.Tensor:
+        """A private copy of ``x``, pushed through the blocks already trained."""
+        x = self._check_samples(x, "training data", min_count=2)
+        pool = x.to(dtype=self.dtype, copy=True)
+        for n in range(1, self.n_trained + 1):  # block by block, as during training: same chunks, same result
+            self._transport(pool, [n], False, ode, chunk_size, out=pool)
+        return pool
+
+    def _trainer(self, n: int, pool: torch.Tensor) -> BlockTrainer:
+        return BlockTrainer(n, self.schedule.step(n), self.nets[n - 1], self._fields[n - 1], self.block_matcher(n), pool)
+
+    def _warm_start(self, n: int):
+        self.nets[n - 1].load_state_dict(self.nets[n - 2].state_dict())
+
+    def _push_pool(self, n: int, pool: torch.Tensor, ode: ODEOptions, chunk_size: int, progress: bool):
+        """Push ``pool`` through block ``n`` in place; returns (seconds, NFE, PoolStats)."""
+        start = time.perf_counter()
+        desc = f"block {n}/{self.n_blocks} pushforward" if progress else None
+        _, nfe = self._transport(pool, [n], False, ode, chunk_size, out=pool, progress=desc)
+        if not torch.isfinite(pool).all():
+            raise FloatingPointError(
+                f"pushing the pool through block {n} produced NaN/Inf; the block's training diverged "
+                "(lower the learning rate or the step size h)"
+            )
+        return time.perf_counter() - start, nfe[0], pool_stats(pool)
+
+    def _check_warm_start(self):
+        for n in range(2, self.n_blocks + 1):
+            prev = {k: v.shape for k, v in self.nets[n - 2].state_dict().items()}
+            cur = {k: v.shape for k, v in self.nets[n - 1].state_dict().items()}
+            if prev != cur:
+                raise ValueError(
+                    f"warm_start=True needs blocks with identical architectures, but blocks {n - 1} and {n} differ; "
+                    "pass warm_start=False"
+                )
+
+    def fit(
+        self,
+        x,
+        *,
+        batches_per_block: Union[int, Sequence[int]] = 1000,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        lr_decay: Optional[str] = None,
+        weight_decay: float = 0.0,
+        grad_clip: Optional[float] = None,
+        warm_start: bool = True,
+        seed: Optional[int] = None,
+        checkpoint_dir: Union[str, Path, None] = None,
+        checkpoint_every: int = 500,
+        resume: bool = False,
+        pushforward_ode=None,
+        chunk_size: Optional[int] = None,
+        encode_final_pool: bool = True,
+        progress: bool = True,
+        callback: Optional[Callable[[int, int, float], None]] = None,
+    ) -> FitReport:
+        """Train all blocks in order (Algorithm 1 of the paper).
+
+        For block n: a fresh Adam optimizer; ``batches_per_block`` steps on batches drawn uniformly
+        (with replacement) from the current pool, each paired with its OU partner by the block's
+        matcher; then the whole pool is pushed through block n in chunks of ``chunk_size``, in place.
+
+        Args:
+            x: training data ``(n, *shape)``, floating point, finite, ``n >= batch_size``.
+            batches_per_block: optimizer steps per block (an int, or one per block).
+            batch_size: samples per step. Must not exceed the number of training samples.
+            lr, weight_decay: Adam(W) settings (AdamW when ``weight_decay > 0``).
+            lr_decay: ``None`` (constant) or ``"cosine"`` (to 0 over each block).
+            grad_clip: max gradient norm, or ``None``.
+            warm_start: start block n from block n-1's weights (needs identical architectures).
+            seed: seeds batch indices, noise and times; ``None`` draws one from torch's global RNG,
+                so ``torch.manual_seed`` makes ``fit`` reproducible.
+            checkpoint_dir: where to keep ``model.pt`` (after every block), ``pool.pt`` (the pool
+                for the next block) and ``progress.pt`` (every ``checkpoint_every`` batches).
+            resume: continue the run in ``checkpoint_dir`` (finished blocks are not redone; an
+                interrupted block restarts from its last ``progress.pt``). Starts fresh if the
+                directory holds no run. Without it, a directory that holds a run is an error.
+            pushforward_ode: ODE options of the pool pushforward (default: the model's ``ode``).
+            chunk_size: samples per pushforward chunk (bounds memory).
+            encode_final_pool: also push the pool through the last block to report how close the
+                encoded training data is to N(0, I).
+            progress: show progress bars.
+            callback: ``callback(block, batches_done, loss)`` after every optimizer step.
+
+        Returns:
+            :class:`FitReport` with one :class:`BlockReport` per block trained by this call.
+        """
+        start_time = time.perf_counter()
+        x = self._check_samples(x, "training data", min_count=2)
+        per_block = self._check_budget(batches_per_block)
+        for name, value in (("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if batch_size > x.shape[0]:
+            raise ValueError(
+                f"batch_size={batch_size} exceeds the {x.shape[0]} training samples; use batch_size <= {x.shape[0]}"
+            )
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        if lr_decay not in (None, "cosine"):
+            raise ValueError(f"lr_decay must be None or 'cosine', got {lr_decay!r}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
+        if warm_start:
+            self._check_warm_start()
+        ode = ODEOptions.coerce(pushforward_ode, self.ode)
+        chunk_size = self._default_chunk() if chunk_size is None else chunk_size
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        hyper = {
+            "batches_per_block": per_block, "batch_size": batch_size, "lr": float(lr), "lr_decay": lr_decay,
+            "weight_decay": float(weight_decay), "grad_clip": grad_clip, "warm_start": warm_start,
+            "chunk_size": chunk_size, "pushforward_ode": [ode.solver, ode.atol, ode.rtol, ode.steps],
+        }
+        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        device = self.device
+        gen_idx = torch.Generator().manual_seed(seed)
+        gen_noise = torch.Generator(device=device).manual_seed(seed + 1)
+        fingerprint = _fingerprint(x)
+
+        pool, progress_state, reports = None, None, []
+        if ckpt is not None and (ckpt / _MODEL_FILE).exists():
+            if not resume:
+                raise FileExistsError(
+                    f"{ckpt} already holds a training run; pass resume=True to continue it or choose another checkpoint_dir"
+                )
+            state = self._restore_run(ckpt, hyper, fingerprint)
+            seed = state["seed"]
+            gen_idx.set_state(state["gen_idx"])
+            gen_noise.set_state(state["gen_noise"])
+            pool = self._load_pool(ckpt, x, ode, chunk_size)
+            progress_state = self._load_progress(ckpt)
+        elif self.n_trained and not resume:
+            raise RuntimeError(
+                f"{self.n_trained} block(s) are already trained; call fit(..., resume=True) to train the rest"
+            )
+        if pool is None:
+            pool = self._initial_pool(x, ode, chunk_size)
+
+        for n in range(self.n_trained + 1, self.n_blocks + 1):
+            trainer = self._trainer(n, pool)
+            net = trainer.model
+            params = list(net.parameters())
+            opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0
+                   else torch.optim.Adam(params, lr=lr))
+            step, losses, train_seconds = 0, [], 0.0
+            if progress_state is not None and progress_state["block"] == n:
+                net.load_state_dict(progress_state["net"])
+                opt.load_state_dict(progress_state["opt"])
+                gen_idx.set_state(progress_state["gen_idx"])
+                gen_noise.set_state(progress_state["gen_noise"])
+                step, losses = progress_state["step"], list(progress_state["losses"])
+                train_seconds = progress_state["train_seconds"]
+            elif warm_start and n > 1:
+                self._warm_start(n)
+            resumed_from = step
+            total = per_block[n - 1]
+            net.train()
+            bar = _progress_bar(total, f"block {n}/{self.n_blocks} train", progress, initial=step)
+            tick = time.perf_counter()
+            try:
+                while step < total:
+                    if lr_decay == "cosine":
+                        for group in opt.param_groups:
+                            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                    idx = torch.randint(0, pool.shape[0], (batch_size,), generator=gen_idx)
+                    x1 = pool[idx].to(device)
+                    loss = trainer.loss(x1, gen_noise)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"block {n}: loss became {loss.item()} at batch {step + 1}; finished blocks are kept"
+                            + (f" in {ckpt}" if ckpt else "") + ". Lower lr or set grad_clip."
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                    opt.step()
+                    step += 1
+                    losses.append(loss.item())
+                    bar.update(1)
+                    if step % 50 == 0 or step == total:
+                        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                    if callback is not None:
+                        callback(n, step, losses[-1])
+                    if ckpt is not None and step % checkpoint_every == 0 and step < total:
+                        atomic_save({
+                            **header("progress"), "block": n, "step": step, "net": net.state_dict(),
+                            "opt": opt.state_dict(), "gen_idx": gen_idx.get_state(),
+                            "gen_noise": gen_noise.get_state(), "losses": losses,
+                            "train_seconds": train_seconds + time.perf_counter() - tick,
+                        }, ckpt / _PROGRESS_FILE)
+            finally:
+                bar.close()
+            train_seconds += time.perf_counter() - tick
+            self.n_trained = n
+            report = BlockReport(n, self.schedule.step(n), step, losses, train_seconds, resumed_from=resumed_from)
+            if n < self.n_blocks or encode_final_pool:
+                report.pushforward_seconds, report.pushforward_nfe, report.pool = self._push_pool(
+                    n, pool, ode, chunk_size, progress
+                )
+            reports.append(report)
+            if ckpt is not None:
+                if n < self.n_blocks:
+                    atomic_save({**header("pool"), "after_block": n, "fingerprint": fingerprint, "pool": pool}, ckpt / _POOL_FILE)
+                fit_state = {"seed": seed, "hyper": hyper, "fingerprint": fingerprint,
+                             "gen_idx": gen_idx.get_state(), "gen_noise": gen_noise.get_state().cpu()}
+                atomic_save(self._state(fit_state), ckpt / _MODEL_FILE)
+                (ckpt / _PROGRESS_FILE).unlink(missing_ok=True)
+        return FitReport(reports, seed, time.perf_counter() - start_time, str(ckpt) if ckpt else None)
+
+    def _check_budget(self, batches_per_block) -> list[int]:
+        if isinstance(batches_per_block, int) and not isinstance(batches_per_block, bool):
+            per_block = [batches_per_block] * self.n_blocks
+        else:
+            per_block = list(batches_per_block)
+            if len(per_block) != self.n_blocks:
+                raise ValueError(
+                    f"batches_per_block must be an int or one int per block ({self.n_blocks}), got {len(per_block)} values"
+                )
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in per_block):
+            raise ValueError(f"batches_per_block must be positive ints, got {batches_per_block!r}")
+        return per_block
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, fit_state: Optional[dict] = None) -> dict:
+        from torchcfm import conditional_flow_matching as cfm
+
+        matcher_cls = type(self.matcher).__name__
+        return {
+            **header("model"),
+            "shape": list(self.shape),
+            "schedule": self.schedule.to_list(),
+            "matcher": {
+                "class": matcher_cls if getattr(cfm, matcher_cls, None) is type(self.matcher) else None,
+                "sigma": float(getattr(self.matcher, "sigma", 0.0)),
+            },
+            "t_beta": list(self.t_beta) if self.t_beta else None,
+            "ode": {"solver": self.ode.solver, "atol": self.ode.atol, "rtol": self.ode.rtol, "steps": self.ode.steps},
+            "nets": [_net_spec(net) for net in self.nets],
+            "weights": [net.state_dict() for net in self.nets],
+            "n_trained": self.n_trained,
+            "fit_state": fit_state,
+        }
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write the model (all blocks, trained or not, with ``n_trained``) to ``path`` atomically."""
+        atomic_save(self._state(), path)
+
+    @classmethod
+    def load(
+        cls,
+        path: Union[str, Path],
+        *,
+        velocity_factory: Optional[Callable[[int], nn.Module]] = None,
+        matcher=None,
+        map_location="cpu",
+    ) -> "LocalFlowMatching":
+        """Read a model written by :meth:`save` (or a ``fit`` checkpoint's ``model.pt``).
+
+        Built-in networks (:data:`torchcfm_local.networks.NETWORKS`) and torchcfm matchers are
+        rebuilt from the file; for custom networks pass the same ``velocity_factory`` as in
+        training, for a non-torchcfm matcher pass ``matcher``. Only tensors and plain data are read
+        (``weights_only=True``).
+
+        Raises:
+            FileNotFoundError: no file.
+            CheckpointError (a ValueError): corrupt/foreign/newer file, or weights that do not fit.
+        """
+        state = safe_load(path, "model", map_location)
+        try:
+            shape, steps, specs = tuple(state["shape"]), state["schedule"], state["nets"]
+            weights, n_trained = state["weights"], int(state["n_trained"])
+            matcher_spec, ode = state["matcher"], state["ode"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path} is a torchcfm_local model file with missing fields: {err}") from err
+        if matcher is None:
+            if matcher_spec.get("class") is None:
+                raise ValueError(f"{path} was trained with a custom matcher; pass matcher= to load it")
+            from torchcfm import conditional_flow_matching as cfm
+
+            matcher = getattr(cfm, matcher_spec["class"])(sigma=matcher_spec["sigma"])
+        if velocity_factory is None:
+            missing = [n for n, spec in enumerate(specs, 1) if spec is None]
+            if missing:
+                raise ValueError(
+                    f"{path} uses custom velocity networks (blocks {missing}); pass the velocity_factory used in training"
+                )
+
+            def velocity_factory(n):
+                spec = specs[n - 1]
+                return NETWORKS[spec["type"]](**spec["config"])
+
+        model = cls(shape, OUSchedule.from_steps(steps), matcher, velocity_factory,
+                    t_beta=state.get("t_beta"), ode=ODEOptions(**ode))
+        if len(weights) != model.n_blocks:
+            raise CheckpointError(f"{path} holds {len(weights)} blocks but its schedule has {model.n_blocks}")
+        for n, (net, sd) in enumerate(zip(model.nets, weights), 1):
+            try:
+                net.load_state_dict(sd)
+            except RuntimeError as err:
+                raise CheckpointError(f"{path}: block {n}'s weights do not fit its network: {err}") from err
+        model.n_trained = n_trained
+        model._fit_state = state.get("fit_state")
+        return model
+
+    def _restore_run(self, ckpt: Path, hyper: dict, fingerprint: list) -> dict:
+        """Load finished blocks from ``ckpt/model.pt`` into this model; return the run's fit state."""
+        saved = LocalFlowMatching.load(ckpt / _MODEL_FILE, velocity_factory=self.velocity_factory, matcher=self.matcher)
+        if saved.shape != self.shape or saved.schedule != self.schedule:
+            raise ValueError(
+                f"{ckpt} holds a run of shape {saved.shape} with {saved.schedule!r}; this model has shape "
+                f"{self.shape} with {self.schedule!r}"
+            )
+        state = saved._fit_state
+        if not state:
+            raise CheckpointError(f"{ckpt / _MODEL_FILE} is a saved model, not a fit checkpoint")
+        if not np.allclose(state["fingerprint"], fingerprint, rtol=1e-9, atol=1e-6):
+            raise ValueError(f"{ckpt} was trained on other data (different size or values); resume with the same x")
+        changed = sorted(k for k in hyper if state["hyper"].get(k) != hyper[k])
+        if changed:
+            diffs = ", ".join(f"{k}: {state['hyper'].get(k)!r} -> {hyper[k]!r}" for k in changed)
+            raise ValueError(f"resume must use the run's settings; changed: {diffs}")
+        self.load_state_dict(saved.state_dict())
+        self.n_trained = saved.n_trained
+        return state
+
+    def _load_pool(self, ckpt: Path, x: torch.Tensor, ode: ODEOptions, chunk_size: int) -> Optional[torch.Tensor]:
+        if self.n_trained == 0 or self.n_trained == self.n_blocks:
+            return None
+        path = ckpt / _POOL_FILE
+        try:
+            saved = safe_load(path, "pool")
+            if saved["after_block"] == self.n_trained and saved["pool"].shape[0] == x.shape[0]:
+                return saved["pool"].to(self.dtype)
+        except (FileNotFoundError, CheckpointError):
+            pass
+        # The pool file is missing or from an earlier block: recompute it (deterministic).
+        return None
+
+    def _load_progress(self, ckpt: Path) -> Optional[dict]:
+        path = ckpt / _PROGRESS_FILE
+        if not path.exists():
+            return None
+        state = safe_load(path, "progress")
+        return state if state["block"] == self.n_trained + 1 else None
+
+    def extra_repr(self) -> str:
+        return (f"shape={self.shape}, blocks={self.n_blocks} ({self.n_trained} trained), "
+                f"matcher={type(self.matcher).__name__}, ode={self.ode.solver}")

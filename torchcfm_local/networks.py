@@ -1,0 +1,62 @@
+"""Default velocity networks.
+
+A velocity network maps ``(t, x)`` with ``t`` of shape ``(B,)`` and ``x`` of shape ``(B, *shape)``
+to a velocity shaped like ``x``. Networks listed in :data:`NETWORKS` carry a ``config`` dict of
+their constructor arguments, so a saved model can rebuild them without user code.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["MLP", "NETWORKS"]
+
+_ACTIVATIONS = {"silu": nn.SiLU, "selu": nn.SELU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+
+
+class MLP(nn.Module):
+    r"""Fully connected velocity network with Fourier time features.
+
+    Input: ``x`` flattened to ``(B, D)`` concatenated with the time features
+    :math:`[t, \sin(2^k \pi t), \cos(2^k \pi t)]_{k < n_{freq}}`; ``depth`` hidden layers of
+    ``width`` units; output reshaped to ``x``'s shape. The reference LFM runs use width 256 with
+    3-5 hidden layers.
+
+    Args:
+        dim: flattened data dimension ``D`` (``prod(shape)`` for shaped data).
+        width: hidden units per layer.
+        depth: number of hidden layers (>= 1).
+        n_freq: number of Fourier frequencies of the time input (0: raw ``t`` only).
+        activation: one of ``silu``, ``selu``, ``relu``, ``tanh``, ``elu``.
+    """
+
+    def __init__(self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 4, activation: str = "silu"):
+        super().__init__()
+        for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("n_freq", n_freq, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"MLP {name} must be an int >= {low}, got {value!r}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(_ACTIVATIONS)}")
+        self.config = {"dim": dim, "width": width, "depth": depth, "n_freq": n_freq, "activation": activation}
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float32), persistent=False)
+        layers: list[nn.Module] = []
+        fan_in = dim + 1 + 2 * n_freq
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), _ACTIVATIONS[activation]()]
+            fan_in = width
+        layers.append(nn.Linear(fan_in, dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``t``: ``(B,)`` or scalar; ``x``: ``(B, *shape)`` with ``prod(shape) == dim``."""
+        flat = x.reshape(x.shape[0], -1)
+        t = torch.as_tensor(t, dtype=flat.dtype, device=flat.device).reshape(-1, 1).expand(flat.shape[0], 1)
+        angles = t * self.freqs.to(flat.dtype)
+        feats = torch.cat([flat, t, torch.sin(angles), torch.cos(angles)], dim=-1)
+        return self.net(feats).reshape(x.shape)
+
+
+#: Networks a checkpoint can rebuild from their ``config`` (type name -> class).
+NETWORKS: dict[str, type[nn.Module]] = {"MLP": MLP}
