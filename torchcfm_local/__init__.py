@@ -9,6 +9,7 @@ Public API::
 """
 __version__ = "0.1.0"
 
+from . import datasets
 from .checkpoint import CheckpointError
 from .composer import BlockTrainer, LocalFlowMatching
 from .metrics import energy_distance
@@ -19,6 +20,7 @@ from .schedule import OUSchedule, ou_step
 from .solvers import RK4, ODEOptions, VelocityField
 
 __all__ = [
+    "datasets",
     "LocalFlowMatching",
     "BlockTrainer",
     "OUSchedule",
