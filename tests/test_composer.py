@@ -56,6 +56,19 @@ def test_round_trips(trained_2d, ode):
     torch.testing.assert_close(lfm.encode(lfm.decode(z, ode=ode), ode=ode), z, rtol=0, atol=1e-4)
 
 
+def test_partial_block_runs_compose(trained_2d):
+    lfm, _, x = trained_2d
+    ode = dict(solver="rk4", steps=8)
+    full = lfm.encode(x[:100], ode=ode)
+    mid = lfm.encode(x[:100], ode=ode, blocks=[1, 2])
+    assert lfm.last_stats.blocks == (1, 2)
+    torch.testing.assert_close(lfm.encode(mid, ode=ode, blocks=[3]), full, rtol=0, atol=1e-6)
+    back = lfm.decode(full, ode=ode, blocks=[3, 2])  # runs 3 then 2
+    torch.testing.assert_close(lfm.decode(back, ode=ode, blocks=[1]), lfm.decode(full, ode=ode), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="1..3"):
+        lfm.encode(x[:5], blocks=[4])
+
+
 def test_chunking_does_not_change_fixed_step_results(trained_2d):
     lfm, _, x = trained_2d
     ode = dict(solver="rk4", steps=4)

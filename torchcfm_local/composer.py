@@ -288,26 +288,29 @@ class LocalFlowMatching(nn.Module):
     def _default_chunk(self) -> int:
         return max(256, 2**20 // self.dim)
 
-    def decode(self, z, *, ode=None, chunk_size: Optional[int] = None) -> torch.Tensor:
+    def decode(self, z, *, ode=None, chunk_size: Optional[int] = None, blocks: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Noise -> data: blocks N..1, each integrated from t = 0 to t = 1.
 
         Args:
             z: ``(B, *shape)`` noise samples.
             ode: :class:`ODEOptions`, solver name or dict overriding the model's default.
             chunk_size: samples integrated at once (bounds memory).
+            blocks: run only these blocks (still from the highest to the lowest), e.g. ``[4, 3]``
+                maps block 4's noise side to block 3's data side.
 
         Returns:
             ``(B, *shape)`` data-side samples, dtype and device of ``z``. NFE in :attr:`last_stats`.
         """
-        self._require_trained("decode")
         z = self._check_samples(z, "z")
-        return self._timed(z, list(range(self.n_blocks, 0, -1)), True, ode, chunk_size)
+        return self._run(z, blocks, True, ode, chunk_size, "decode")
 
-    def encode(self, x, *, ode=None, chunk_size: Optional[int] = None) -> torch.Tensor:
-        """Data -> noise: blocks 1..N, each integrated from t = 1 to t = 0. The inverse of :meth:`decode`."""
-        self._require_trained("encode")
+    def encode(self, x, *, ode=None, chunk_size: Optional[int] = None, blocks: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Data -> noise: blocks 1..N (or ``blocks``, lowest first), each integrated from t = 1 to t = 0.
+
+        The inverse of :meth:`decode`; same arguments.
+        """
         x = self._check_samples(x, "x")
-        return self._timed(x, list(range(1, self.n_blocks + 1)), False, ode, chunk_size)
+        return self._run(x, blocks, False, ode, chunk_size, "encode")
 
     def sample(
         self, n: int, *, ode=None, generator: Optional[torch.Generator] = None, chunk_size: Optional[int] = None
@@ -319,13 +322,23 @@ class LocalFlowMatching(nn.Module):
         z = torch.randn((n, *self.shape), generator=generator, dtype=self.dtype)
         return self.decode(z, ode=ode, chunk_size=chunk_size)
 
-    def _timed(self, x, blocks, to_data, ode, chunk_size) -> torch.Tensor:
+    def _run(self, x, blocks, to_data: bool, ode, chunk_size, what: str) -> torch.Tensor:
+        if blocks is None:
+            self._require_trained(what)
+            blocks = range(1, self.n_blocks + 1)
+        blocks = sorted(set(int(n) for n in blocks))
+        if not blocks or blocks[0] < 1 or blocks[-1] > self.n_blocks:
+            raise ValueError(f"blocks must be block numbers in 1..{self.n_blocks}, got {blocks}")
+        if blocks[-1] > self.n_trained:
+            raise RuntimeError(f"cannot {what} through block {blocks[-1]}: only blocks 1..{self.n_trained} are trained")
         ode = ODEOptions.coerce(ode, self.ode)
+        chunk_size = self._default_chunk() if chunk_size is None else chunk_size
         start = time.perf_counter()
-        out, nfe = self._transport(x, blocks, to_data, ode, self._default_chunk() if chunk_size is None else chunk_size)
-        if to_data:  # report block 1 first
+        order = blocks[::-1] if to_data else blocks
+        out, nfe = self._transport(x, order, to_data, ode, chunk_size)
+        if to_data:  # report in ascending block order
             nfe = nfe[::-1]
-        self.last_stats = IntegrationStats(tuple(nfe), time.perf_counter() - start)
+        self.last_stats = IntegrationStats(tuple(blocks), tuple(nfe), time.perf_counter() - start)
         return out
 
     # ------------------------------------------------------------------ training

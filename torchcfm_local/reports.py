@@ -125,10 +125,12 @@ class IntegrationStats:
     """Cost of the last ``sample``/``encode``/``decode`` call.
 
     Attributes:
-        nfe_per_block: network evaluations per sample path, block 1 first.
+        blocks: the blocks run, ascending.
+        nfe_per_block: network evaluations per sample path for each of ``blocks``.
         seconds: wall time of the call.
     """
 
+    blocks: tuple[int, ...]
     nfe_per_block: tuple[float, ...]
     seconds: float
 
