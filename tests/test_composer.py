@@ -334,3 +334,50 @@ def test_sampling_input_checks(trained_2d):
         lfm.decode(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="chunk_size"):
         lfm.decode(torch.zeros(4, 2), chunk_size=0)
+
+
+# ---------------------------------------------------------------- likelihood
+def true_log_prob(x):
+    centers = torch.tensor([[2.0, 0.0], [-2.0, 0.0]])
+    sq = ((x[:, None, :] - centers[None]) ** 2).sum(-1)
+    return torch.logsumexp(-sq / (2 * 0.16), 1) - math.log(2) - math.log(2 * math.pi * 0.16)
+
+
+def test_log_prob_integrates_to_one_and_is_close_to_truth(trained_2d):
+    lfm, _, _ = trained_2d
+    g = torch.linspace(-5, 5, 121)
+    xx, yy = torch.meshgrid(g, g, indexing="ij")
+    grid = torch.stack([xx.flatten(), yy.flatten()], 1)
+    mass = (lfm.log_prob(grid).exp().sum() * (g[1] - g[0]) ** 2).item()
+    assert mass == pytest.approx(1.0, abs=0.02)
+    test = two_gaussians(2000, seed=9)
+    nll = -lfm.log_prob(test).mean().item()
+    true_nll = -true_log_prob(test).mean().item()  # 1.687
+    assert true_nll < nll < true_nll + 0.15, (nll, true_nll)  # measured 1.752
+
+
+def test_log_prob_terms_and_hutchinson(trained_2d):
+    lfm, _, _ = trained_2d
+    test = two_gaussians(2000, seed=10)
+    exact = lfm.log_prob_terms(test)
+    assert exact.divergence.shape == (3, 2000) and len(exact.nfe_per_block) == 3
+    torch.testing.assert_close(exact.log_prob, exact.prior + exact.divergence.sum(0))
+    z = lfm.encode(test)
+    torch.testing.assert_close(exact.prior, -0.5 * (z.double() ** 2).sum(1) - math.log(2 * math.pi), atol=1e-4, rtol=0)
+    hutch = lfm.log_prob_terms(test, estimator="hutchinson", generator=torch.Generator().manual_seed(0))
+    diff = hutch.log_prob - exact.log_prob
+    se = diff.std().item() / math.sqrt(len(diff))
+    assert diff.std().item() > 0  # it is an estimate, not the exact value
+    assert abs(diff.mean().item()) < 4 * se, (diff.mean().item(), se)
+
+
+def test_log_prob_bad_input(trained_2d):
+    lfm, _, _ = trained_2d
+    with pytest.raises(ValueError, match="shape"):
+        lfm.log_prob(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        lfm.log_prob(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError):
+        lfm.log_prob(torch.zeros(4, 2), estimator="skilling")
+    with pytest.raises(RuntimeError, match="trained"):
+        make().log_prob(torch.zeros(4, 2))

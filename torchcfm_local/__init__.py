@@ -13,9 +13,10 @@ from . import datasets
 from .checkpoint import CheckpointError
 from .composer import BlockTrainer, LocalFlowMatching
 from .metrics import energy_distance
+from .likelihood import FlowDivergence, bits_per_dim, flow_divergence, log_prob, standard_normal_log_prob
 from .matchers import LocalBlockMatcher, exact_ot_pairing
 from .networks import MLP
-from .reports import BlockReport, FitReport, IntegrationStats, PoolStats
+from .reports import BlockReport, FitReport, IntegrationStats, LogProbTerms, PoolStats
 from .schedule import OUSchedule, ou_step
 from .solvers import RK4, ODEOptions, VelocityField
 
@@ -37,4 +38,10 @@ __all__ = [
     "IntegrationStats",
     "CheckpointError",
     "energy_distance",
+    "log_prob",
+    "flow_divergence",
+    "FlowDivergence",
+    "standard_normal_log_prob",
+    "bits_per_dim",
+    "LogProbTerms",
 ]

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["PoolStats", "BlockReport", "FitReport", "IntegrationStats", "pool_stats"]
+__all__ = ["PoolStats", "BlockReport", "FitReport", "IntegrationStats", "LogProbTerms", "pool_stats"]
 
 
 @dataclass(frozen=True)
@@ -138,3 +138,20 @@ class IntegrationStats:
     def nfe(self) -> float:
         """Total network evaluations per sample path."""
         return float(sum(self.nfe_per_block))
+
+
+@dataclass(frozen=True)
+class LogProbTerms:
+    """Log-density of a batch split into its terms (paper eq. 26), all in nats, float64.
+
+    Attributes:
+        log_prob: ``(B,)`` total, ``prior + divergence.sum(0)``.
+        prior: ``(B,)`` ``log N(x_N; 0, I)`` of the fully encoded samples.
+        divergence: ``(N, B)``; row ``n-1`` is block n's ``int_1^0 div v_n dt``.
+        nfe_per_block: network evaluations per sample path in each block.
+    """
+
+    log_prob: torch.Tensor
+    prior: torch.Tensor
+    divergence: torch.Tensor
+    nfe_per_block: tuple[float, ...]
