@@ -1,0 +1,83 @@
+"""Figures of a benchmark run (matplotlib is imported here only; install the ``[bench]`` extra)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError('figures need matplotlib: pip install "torchcfm-local[bench]"') from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves(result: dict, path: Path) -> Path:
+    """NLL on the held-out curve subset against training batches and against seconds."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for row in result["summary"]:
+        runs = sorted((r for r in result["runs"] if r["method"] == row["method"]), key=lambda r: r["batches"])
+        nll = [r["curve_nll"] for r in runs]
+        style = "-o" if row["method"].startswith("lfm") else "--s"
+        axes[0].plot([r["batches"] for r in runs], nll, style, label=row["method"])
+        axes[1].plot([r["train_seconds"] + r["pushforward_seconds"] for r in runs], nll, style, label=row["method"])
+    axes[0].set_xlabel("training batches (all blocks)")
+    axes[1].set_xlabel("seconds (training + pushforward)")
+    for ax in axes:
+        ax.set_ylabel("NLL (nats), held-out subset")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{result['task']['dataset']}: learning curves ({result['budget']} budget)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def samples_vs_data(run, path: Path) -> Path:
+    """Model samples next to the test data (first two coordinates)."""
+    plt = _plt()
+    names = list(run.samples)
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.4), sharex=True, sharey=True)
+    panels = [("test data", run.test)] + [(m, run.samples[m]) for m in names]
+    for ax, (title, pts) in zip(axes, panels):
+        pts = pts.reshape(len(pts), -1)
+        ax.scatter(pts[:, 0], pts[:, 1], s=0.5, alpha=0.5)
+        ax.set_title(title, fontsize=9)
+        ax.set_aspect("equal", adjustable="box")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def density_maps(run, path: Path, resolution: int = 80) -> Path:
+    """exp(log_prob) on a grid for each 2D model (dopri5 at 1e-5, exact divergence)."""
+    from .suite import EVAL_ODE
+
+    plt = _plt()
+    test = run.test
+    lo, hi = test.min(0).values - 0.5, test.max(0).values + 0.5
+    xs = torch.linspace(float(lo[0]), float(hi[0]), resolution)
+    ys = torch.linspace(float(lo[1]), float(hi[1]), resolution)
+    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
+    grid = torch.stack([gx.flatten(), gy.flatten()], 1)
+    names = list(run.models)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4))
+    axes = [axes] if len(names) == 1 else axes
+    for ax, name in zip(axes, names):
+        dens = run.models[name].log_prob(grid, ode=EVAL_ODE).exp().reshape(resolution, resolution)
+        ax.imshow(dens.numpy(), origin="lower", extent=(float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1])), cmap="magma")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
