@@ -154,7 +154,11 @@ def run_task(task_name: str, budget_name: str = "quick", methods=None, *, root=N
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected names from {sorted(METHODS)}")
     task, budget = TASKS[task_name], BUDGETS[budget_name]
-    data = datasets.load(task.dataset, root=root, n_train=budget.n_train, seed=seed)
+    data = datasets.load(task.dataset, root=root, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    train = data.train
+    if budget.n_train is not None and budget.n_train < len(train):  # a seeded random subset
+        train = train[torch.randperm(len(train), generator=g)[: budget.n_train]]
     dim = data.dim
     estimator = "exact" if dim <= 16 else "hutchinson"
     n_blocks = len(task.steps) + 1
@@ -165,12 +169,11 @@ def run_task(task_name: str, budget_name: str = "quick", methods=None, *, root=N
     if min(budget.fractions) * budget.per_block < 1:
         raise ValueError(f"budget {budget_name!r} is too small for a learning curve: "
                          f"{min(budget.fractions)} x {budget.per_block} batches per block < 1")
-    g = torch.Generator().manual_seed(seed + 1)
     test = data.test[torch.randperm(len(data.test), generator=g)[: budget.n_eval]]
     curve_set = data.val[torch.randperm(len(data.val), generator=g)[: budget.n_curve]]
     val = data.val[: budget.n_eval]
-    batch_size = min(budget.batch_size, len(data.train))
-    log(f"[{task_name}/{budget_name}] {len(data.train)} train points, d={dim}, LFM {n_blocks} x MLP({width}x{task.depth}) "
+    batch_size = min(budget.batch_size, len(train))
+    log(f"[{task_name}/{budget_name}] {len(train)} train points, d={dim}, LFM {n_blocks} x MLP({width}x{task.depth}) "
         f"= {n_blocks * block_params} params vs global MLP({global_width}x{task.depth}) = "
         f"{mlp_params(dim, global_width, task.depth)} params; {total_batches} batches of {batch_size}")
 
@@ -192,7 +195,7 @@ def run_task(task_name: str, budget_name: str = "quick", methods=None, *, root=N
                 model = build()
                 per_block = max(1, int(round(frac * budget.per_block)))
                 log(f"  {method}: {per_block} batches per block ({frac:.3g} of the budget)")
-                rep = model.fit(data.train, batches_per_block=per_block, batch_size=batch_size, lr=task.lr,
+                rep = model.fit(train, batches_per_block=per_block, batch_size=batch_size, lr=task.lr,
                                 warm_start=task.warm_start, seed=seed, progress=progress, encode_final_pool=False)
                 runs.append(RunResult(
                     method, frac, per_block * n_blocks, n_blocks * block_params,
@@ -218,7 +221,7 @@ def run_task(task_name: str, budget_name: str = "quick", methods=None, *, root=N
                                          train_seconds, 0.0, nll))
 
             log(f"  {method}: {total_batches} batches, NLL on the curve set at {sorted(marks)}")
-            rep = model.fit(data.train, batches_per_block=total_batches, batch_size=batch_size, lr=task.lr,
+            rep = model.fit(train, batches_per_block=total_batches, batch_size=batch_size, lr=task.lr,
                             seed=seed, progress=progress, encode_final_pool=False, callback=callback)
             pending[-1].block_final_losses = [rep.blocks[0].final_loss]
             runs.extend(pending)
@@ -243,7 +246,7 @@ def run_task(task_name: str, budget_name: str = "quick", methods=None, *, root=N
 
     result = {
         "task": asdict(task), "budget": budget_name, "budget_settings": asdict(budget), "dataset_info": data.info,
-        "dim": dim, "n_train": len(data.train), "n_blocks": n_blocks, "lfm_width": width, "global_width": global_width,
+        "dim": dim, "n_train": len(train), "n_blocks": n_blocks, "lfm_width": width, "global_width": global_width,
         "depth": task.depth, "batch_size": batch_size, "total_batches": total_batches, "estimator": estimator,
         "eval_ode": asdict(EVAL_ODE), "seed": seed, "runs": [asdict(r) for r in runs],
     }
