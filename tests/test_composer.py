@@ -228,6 +228,26 @@ def test_resume_recomputes_a_missing_pool(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_kill_during_pushforward_keeps_the_trained_block(tmp_path, monkeypatch):
+    x = two_gaussians(600, seed=8)
+    ref = make()
+    ref.fit(x, **FIT)
+    crashed = make()
+
+    def die(*args, **kwargs):
+        raise Crash
+
+    monkeypatch.setattr(tl.LocalFlowMatching, "_push_pool", die)
+    with pytest.raises(Crash):
+        crashed.fit(x, checkpoint_dir=tmp_path, **FIT)
+    monkeypatch.undo()
+    resumed = make()
+    report = resumed.fit(x, checkpoint_dir=tmp_path, resume=True, **FIT)
+    assert report.blocks[0].resumed_from == 40  # block 1's training was not redone
+    for a, b in zip(ref.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_checkpoint_dir_guards(tmp_path):
     x = two_gaussians(500, seed=6)
     with pytest.raises(Crash):

@@ -111,10 +111,15 @@ def _net_spec(net: nn.Module) -> Optional[dict]:
     return None
 
 
-def _fingerprint(x: torch.Tensor) -> list[float]:
-    """Cheap identity of a training set, to refuse resuming on other data."""
-    flat = x.reshape(x.shape[0], -1).double()
-    return [float(x.shape[0]), float(flat.sum()), float((flat * flat).sum()), float(flat[:: max(1, x.shape[0] // 97)].sum())]
+def _fingerprint(x: torch.Tensor, chunk: int = 65536) -> list[float]:
+    """Cheap identity of a training set (size, sum, sum of squares, strided sum), to refuse resuming on other data."""
+    total = squares = 0.0
+    for part in x.reshape(x.shape[0], -1).split(chunk):
+        part = part.double()
+        total += float(part.sum())
+        squares += float((part * part).sum())
+    strided = float(x[:: max(1, x.shape[0] // 97)].double().sum())
+    return [float(x.shape[0]), total, squares, strided]
 
 
 class LocalFlowMatching(nn.Module):
@@ -588,6 +593,14 @@ class LocalFlowMatching(nn.Module):
         if pool is None:
             pool = self._initial_pool(x, ode, chunk_size)
 
+        def save_run():  # finished blocks + what a resume needs to continue identically
+            fit_state = {"seed": seed, "hyper": hyper, "fingerprint": fingerprint,
+                         "gen_idx": gen_idx.get_state(), "gen_noise": gen_noise.get_state().cpu()}
+            atomic_save(self._state(fit_state), ckpt / _MODEL_FILE)
+
+        if ckpt is not None and not (ckpt / _MODEL_FILE).exists():
+            save_run()  # marks the directory as holding this run from the first batch on
+
         for n in range(self.n_trained + 1, self.n_blocks + 1):
             trainer = self._trainer(n, pool)
             net = trainer.model
@@ -634,7 +647,8 @@ class LocalFlowMatching(nn.Module):
                         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
                     if callback is not None:
                         callback(n, step, losses[-1])
-                    if ckpt is not None and step % checkpoint_every == 0 and step < total:
+                    # also at the last batch: a kill during the pushforward then keeps the trained block
+                    if ckpt is not None and (step % checkpoint_every == 0 or step == total):
                         atomic_save({
                             **header("progress"), "block": n, "step": step, "net": net.state_dict(),
                             "opt": opt.state_dict(), "gen_idx": gen_idx.get_state(),
@@ -654,9 +668,7 @@ class LocalFlowMatching(nn.Module):
             if ckpt is not None:
                 if n < self.n_blocks:
                     atomic_save({**header("pool"), "after_block": n, "fingerprint": fingerprint, "pool": pool}, ckpt / _POOL_FILE)
-                fit_state = {"seed": seed, "hyper": hyper, "fingerprint": fingerprint,
-                             "gen_idx": gen_idx.get_state(), "gen_noise": gen_noise.get_state().cpu()}
-                atomic_save(self._state(fit_state), ckpt / _MODEL_FILE)
+                save_run()
                 (ckpt / _PROGRESS_FILE).unlink(missing_ok=True)
         return FitReport(reports, seed, time.perf_counter() - start_time, str(ckpt) if ckpt else None)
 
