@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from . import datasets
 from .checkpoint import CheckpointError
 from .composer import BlockTrainer, LocalFlowMatching
+from .distill import DistilledSampler, DistillReport, Segment, StageReport, distill, distill_plan
 from .metrics import energy_distance
 from .likelihood import FlowDivergence, bits_per_dim, flow_divergence, log_prob, standard_normal_log_prob
 from .matchers import LocalBlockMatcher, exact_ot_pairing
@@ -44,4 +45,10 @@ __all__ = [
     "standard_normal_log_prob",
     "bits_per_dim",
     "LogProbTerms",
+    "distill",
+    "distill_plan",
+    "DistilledSampler",
+    "DistillReport",
+    "StageReport",
+    "Segment",
 ]

@@ -23,7 +23,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, atomic_save, header, safe_load
 from .matchers import LocalBlockMatcher, _check_beta, default_matcher
-from .networks import MLP, NETWORKS
+from .networks import MLP, NETWORKS, network_spec
 from .reports import BlockReport, FitReport, IntegrationStats, LogProbTerms, pool_stats
 from .schedule import OUSchedule
 from .solvers import ODEOptions, VelocityField, build_node, integrate
@@ -101,14 +101,6 @@ def _as_shape(dim) -> tuple[int, ...]:
     if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
         raise ValueError(f"dim must be a positive int or a tuple of positive ints, got {dim!r}")
     return shape
-
-
-def _net_spec(net: nn.Module) -> Optional[dict]:
-    """``{"type", "config"}`` for networks a checkpoint can rebuild, else ``None``."""
-    name = type(net).__name__
-    if NETWORKS.get(name) is type(net) and isinstance(getattr(net, "config", None), dict):
-        return {"type": name, "config": dict(net.config)}
-    return None
 
 
 def _fingerprint(x: torch.Tensor, chunk: int = 65536) -> list[float]:
@@ -700,7 +692,7 @@ class LocalFlowMatching(nn.Module):
             },
             "t_beta": list(self.t_beta) if self.t_beta else None,
             "ode": {"solver": self.ode.solver, "atol": self.ode.atol, "rtol": self.ode.rtol, "steps": self.ode.steps},
-            "nets": [_net_spec(net) for net in self.nets],
+            "nets": [network_spec(net) for net in self.nets],
             "weights": [net.state_dict() for net in self.nets],
             "n_trained": self.n_trained,
             "fit_state": fit_state,

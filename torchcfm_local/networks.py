@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MLP", "NETWORKS"]
+__all__ = ["MLP", "NETWORKS", "network_spec"]
 
 _ACTIVATIONS = {"silu": nn.SiLU, "selu": nn.SELU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
@@ -60,3 +60,11 @@ class MLP(nn.Module):
 
 #: Networks a checkpoint can rebuild from their ``config`` (type name -> class).
 NETWORKS: dict[str, type[nn.Module]] = {"MLP": MLP}
+
+
+def network_spec(net: nn.Module) -> "dict | None":
+    """``{"type", "config"}`` for a network in :data:`NETWORKS` (rebuildable from a checkpoint), else ``None``."""
+    name = type(net).__name__
+    if NETWORKS.get(name) is type(net) and isinstance(getattr(net, "config", None), dict):
+        return {"type": name, "config": dict(net.config)}
+    return None

@@ -1,0 +1,260 @@
+"""Quality vs NFE: teacher LFM and global flow with ODE solvers, and both distilled into one-step students.
+
+For each 2-D dataset (tree, rose):
+
+* teacher LFM: N blocks of ``MLP(2, width, depth)``, ``OUSchedule(h0, rho, N)``, trained with
+  ``batches`` steps per block;
+* teacher global flow: one block whose MLP width is chosen so that its parameter count equals the
+  sum over the LFM blocks, trained with ``N * batches`` steps (equal parameters, equal batches);
+* teachers sampled with dopri5 (atol = rtol = 1e-5, the "quality" preset), Euler at N, 2N, 4N
+  total steps (and more for the global flow), midpoint (the "fast" preset) and RK4;
+* distilled LFM: ``distill(lfm, k)`` for every k dividing N (N/k NFE);
+* distilled global flow: ``distill(global, splits=M)`` for M in 1, 2, 4 (M NFE);
+
+quality = energy distance (squared, U-statistic, larger is worse) between ``n_eval`` samples and
+held-out test data; wall-clock per 1000 samples (median of 3). Writes
+``benchmarks/results/distill.json`` / ``distill.md`` and the figures
+``distill_quality_vs_nfe.png`` and ``distill_samples_<dataset>.png``.
+
+    python benchmarks/bench_distill.py            # the recorded run (~10-15 min on 2 CPU cores)
+    python benchmarks/bench_distill.py --quick    # a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import torchcfm_local as tl
+from torchcfm_local.distill import distill, preset_options
+from torchcfm_local.provenance import write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUALITY = tl.ODEOptions(solver="dopri5", atol=1e-5, rtol=1e-5)
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def matched_width(target: int, depth: int) -> int:
+    """The MLP(2, width, depth) width whose parameter count is closest to ``target``."""
+    return min(range(8, 2048), key=lambda w: abs(n_params(tl.MLP(2, width=w, depth=depth)) - target))
+
+
+def timed_samples(fn, n_eval: int, generator_seed: int):
+    """(samples of size n_eval, NFE, seconds per 1000 samples (median of 3 runs of 1000))."""
+    samples, nfe = fn(n_eval, torch.Generator().manual_seed(generator_seed))
+    times = []
+    for r in range(3):
+        tick = time.perf_counter()
+        fn(1000, torch.Generator().manual_seed(100 + r))
+        times.append(time.perf_counter() - tick)
+    return samples, nfe, statistics.median(times)
+
+
+def evaluate(name, family, kind, fn, test, n_eval, params, extra=None):
+    samples, nfe, sec = timed_samples(fn, n_eval, 0)
+    row = {"method": name, "family": family, "kind": kind, "nfe": float(nfe),
+           "energy_distance": tl.energy_distance(samples, test), "sec_per_1000": sec, "params": params}
+    row.update(extra or {})
+    print(f"  {name:<34} NFE {nfe:7.1f}  ED {row['energy_distance']:.5f}  {1e3 * sec:8.1f} ms/1000", flush=True)
+    return row, samples
+
+
+def teacher_sampler(model, ode):
+    def fn(n, gen):
+        x = model.sample(n, ode=ode, generator=gen)
+        return x, model.last_stats.nfe
+    return fn
+
+
+def student_sampler(sampler):
+    def fn(n, gen):
+        return sampler.sample(n, generator=gen), sampler.last_stats.nfe
+    return fn
+
+
+def run_dataset(name: str, args) -> tuple[list[dict], dict]:
+    ds = tl.datasets.load(name, n_train=args.n_train, n_val=1000, n_test=args.n_eval, seed=0)
+    test = ds.test
+    N = args.blocks
+    torch.manual_seed(0)
+    lfm = tl.LocalFlowMatching(2, tl.OUSchedule(args.h0, args.rho, N),
+                               velocity_factory=lambda n: tl.MLP(2, width=args.width, depth=args.depth))
+    lfm_params = n_params(lfm)
+    g_width = matched_width(lfm_params, args.depth)
+    torch.manual_seed(0)
+    glob = tl.LocalFlowMatching(2, tl.OUSchedule.global_flow(),
+                                velocity_factory=lambda n: tl.MLP(2, width=g_width, depth=args.depth))
+    info = {"dataset": name, "n_train": args.n_train, "n_eval": args.n_eval, "lfm_params": lfm_params,
+            "global_params": n_params(glob), "global_width": g_width, "schedule": list(lfm.schedule.step_sizes[:-1])}
+    print(f"{name}: LFM {N} x MLP({args.width}x{args.depth}) = {lfm_params} params; "
+          f"global MLP({g_width}x{args.depth}) = {info['global_params']} params", flush=True)
+
+    tick = time.perf_counter()
+    lfm.fit(ds.train, batches_per_block=args.batches, batch_size=args.batch_size, seed=0, progress=False,
+            encode_final_pool=False)
+    info["lfm_train_seconds"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    glob.fit(ds.train, batches_per_block=N * args.batches, batch_size=args.batch_size, seed=0, progress=False,
+             encode_final_pool=False)
+    info["global_train_seconds"] = time.perf_counter() - tick
+    print(f"  trained: LFM {info['lfm_train_seconds']:.0f} s, global {info['global_train_seconds']:.0f} s", flush=True)
+
+    rows, grids = [], {"data": ds.val}
+    ref = tl.energy_distance(ds.train[: args.n_eval], test)
+    rows.append({"method": "data (train subset vs test)", "family": "reference", "kind": "reference", "nfe": 0.0,
+                 "energy_distance": ref, "sec_per_1000": 0.0, "params": 0})
+    print(f"  data floor ED {ref:.5f}", flush=True)
+
+    # ---- teachers with ODE solvers
+    solver_grid = {"LFM": [("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("midpoint", 2), ("midpoint", 4),
+                           ("rk4", 1), ("rk4", 2)],
+                   "global": [("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("euler", 16), ("midpoint", 4),
+                              ("midpoint", 8), ("rk4", 1), ("rk4", 2), ("rk4", 4)]}
+    for label, model, fam in (("LFM", lfm, "LFM teacher"), ("global", glob, "global teacher")):
+        params = n_params(model)
+        row, x = evaluate(f"{label} teacher dopri5 (quality)", fam, "adaptive", teacher_sampler(model, QUALITY),
+                          test, args.n_eval, params)
+        rows.append(row)
+        grids[f"{label} teacher dopri5"] = x
+        fast = preset_options(model, "fast")
+        for solver, steps in solver_grid[label]:
+            ode = tl.ODEOptions(solver=solver, steps=steps)
+            tag = " (fast preset)" if ode == fast else ""
+            row, _ = evaluate(f"{label} teacher {solver} x{steps}/block{tag}", fam, solver,
+                              teacher_sampler(model, ode), test, args.n_eval, params)
+            rows.append(row)
+
+    # ---- distilled
+    common = dict(n_pairs=args.n_pairs, n_val=1000, batches=args.distill_batches, batch_size=args.batch_size,
+                  lr=args.distill_lr, teacher_ode=QUALITY, seed=0, progress=False)
+    for k in [k for k in range(1, N + 1) if N % k == 0]:
+        sampler = distill(lfm, k=k, **common)
+        rep = sampler.report
+        row, x = evaluate(f"LFM distilled k={k}", "LFM distilled", "distilled", student_sampler(sampler), test,
+                          args.n_eval, n_params(sampler),
+                          {"k": k, "distill_seconds": rep.total_seconds, "end_mse": rep.end_mse,
+                           "stage_val_mse": [s.val_mse for s in rep.stages]})
+        rows.append(row)
+        grids[f"LFM distilled {N // k} NFE"] = x
+    for m in args.global_steps:
+        sampler = distill(glob, splits=m, **common)
+        rep = sampler.report
+        row, x = evaluate(f"global distilled M={m}", "global distilled", "distilled", student_sampler(sampler), test,
+                          args.n_eval, n_params(sampler),
+                          {"splits": m, "distill_seconds": rep.total_seconds, "end_mse": rep.end_mse,
+                           "stage_val_mse": [s.val_mse for s in rep.stages]})
+        rows.append(row)
+        grids[f"global distilled {m} NFE"] = x
+    for r in rows:
+        r["dataset"] = name
+    return rows, {"info": info, "grids": grids}
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| dataset | method | NFE | energy distance | ms / 1000 samples | params |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['dataset']} | {r['method']} | {r['nfe']:.0f} | {r['energy_distance']:.5f} "
+                   f"| {1e3 * r['sec_per_1000']:.1f} | {r['params']} |")
+    return "\n".join(out)
+
+
+def figures(rows: list[dict], extras: dict, datasets: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    styles = {"LFM teacher": ("C0", "o", ":"), "global teacher": ("C1", "o", ":"),
+              "LFM distilled": ("C0", "s", "-"), "global distilled": ("C1", "s", "-")}
+    for ax, name in zip(axes[0], datasets):
+        sub = [r for r in rows if r["dataset"] == name]
+        for fam, (color, marker, ls) in styles.items():
+            pts = sorted((r["nfe"], r["energy_distance"]) for r in sub if r["family"] == fam and r["kind"] in ("euler", "distilled"))
+            if pts:
+                label = fam + (" (euler)" if "teacher" in fam else "")
+                ax.plot(*zip(*pts), color=color, marker=marker, ls=ls, label=label)
+            for r in sub:
+                if r["family"] == fam and r["kind"] == "adaptive":
+                    ax.axhline(r["energy_distance"], color=color, ls="--", lw=1, label=f"{fam} dopri5 ({r['nfe']:.0f} NFE)")
+        floor = [r for r in sub if r["kind"] == "reference"]
+        if floor:
+            ax.axhline(floor[0]["energy_distance"], color="gray", lw=1, label="data vs data")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE per sample")
+        ax.set_ylabel("energy distance to test data (lower is better)")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "distill_quality_vs_nfe.png", dpi=120)
+    plt.close(fig)
+
+    for name in datasets:
+        grids = extras[name]["grids"]
+        fig, axes = plt.subplots(2, (len(grids) + 1) // 2, figsize=(3 * ((len(grids) + 1) // 2), 6), squeeze=False)
+        for ax, (title, x) in zip(axes.flat, grids.items()):
+            x = x[:3000].numpy()
+            ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.5)
+            ax.set_title(title, fontsize=8)
+            ax.set_xlim(-4, 4)
+            ax.set_ylim(-4, 4)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in list(axes.flat)[len(grids):]:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(RESULTS / f"distill_samples_{name}.png", dpi=110)
+        plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=["tree", "rose"])
+    p.add_argument("--n-train", type=int, default=20000)
+    p.add_argument("--n-eval", type=int, default=4000)
+    p.add_argument("--blocks", type=int, default=4)
+    p.add_argument("--h0", type=float, default=0.1)
+    p.add_argument("--rho", type=float, default=1.5)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--batches", type=int, default=1500, help="teacher batches per LFM block (global: N times)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--n-pairs", type=int, default=20000)
+    p.add_argument("--distill-batches", type=int, default=1500)
+    p.add_argument("--distill-lr", type=float, default=1e-3)
+    p.add_argument("--global-steps", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="tiny budget smoke run (results not written)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_train, args.n_eval, args.batches, args.n_pairs, args.distill_batches = 4000, 1000, 100, 2000, 100
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows, extras = [], {}
+    for name in args.datasets:
+        r, e = run_dataset(name, args)
+        rows += r
+        extras[name] = e
+    total = time.perf_counter() - start
+    md = table(rows)
+    print(md)
+    print(f"total {total:.0f} s")
+    if args.quick:
+        return rows
+    settings = {k: v for k, v in vars(args).items()}
+    write_results(RESULTS, "distill", {"settings": settings, "total_seconds": total, "rows": rows,
+                                       "info": {n: e["info"] for n, e in extras.items()}},
+                  "## Distillation: quality vs NFE (energy distance to held-out test data; lower is better)\n\n" + md)
+    figures(rows, extras, args.datasets)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
