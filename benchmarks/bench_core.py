@@ -17,6 +17,7 @@ import torch
 from torchcfm.conditional_flow_matching import VariancePreservingConditionalFlowMatcher
 
 import torchcfm_local as tl
+from torchcfm_local.composer import PUSHFORWARD_ODE
 from torchcfm_local.provenance import write_results
 
 
@@ -70,7 +71,7 @@ def pushforward(pool_size: int, dim: int = 63) -> dict:
     return {
         "pool": [pool_size, dim],
         "pool_mib": x.numel() * 4 / 2**20,
-        "solver": f"{lfm.ode.solver} x {lfm.ode.steps} steps",
+        "solver": f"{PUSHFORWARD_ODE.solver} x {PUSHFORWARD_ODE.steps} steps",
         "nfe": block.pushforward_nfe,
         "seconds": block.pushforward_seconds,
         "samples_per_second": pool_size / block.pushforward_seconds,

@@ -47,3 +47,10 @@ def test_matched_width_and_crossing():
     assert _crossing(curve, 2.25) == pytest.approx(300)
     assert _crossing(curve, 3.5) == 100
     assert _crossing(curve, 1.0) is None
+    from torchcfm_local.bench.suite import summarize
+
+    runs = [dict(method=m, batches=b, curve_nll=v, params=1, test_nll=v, val_nll=v, energy_distance=0.0,
+                 sample_nfe=1, sample_seconds_per_1000=1.0, train_seconds=1.0, pushforward_seconds=0.0, eval_seconds=0.0)
+            for m, pts in (("global-trig", [(400, 2.0)]), ("lfm-trig", [(100, 1.9), (400, 1.5)])) for b, v in pts]
+    row = {r["method"]: r for r in summarize({"runs": runs})}["lfm-trig"]
+    assert row["batches_to_reference_nll"] == 100 and row["batches_to_reference_is_upper_bound"]

@@ -85,20 +85,19 @@ class ODEOptions:
     """How to integrate one block.
 
     The default, 16 classical RK4 steps per block (64 network evaluations), was chosen by
-    measurement on a trained 3-block 2D model: decode(encode(x)) max error 3.0e-6 with 192
-    evaluations for the round trip, against 1.5e-4 with 234 for dopri5 at atol = rtol = 1e-6
-    (``benchmarks/bench_core.py`` records the table).
-    With fixed steps, results do not depend on how samples are chunked (up to float rounding);
-    an adaptive solver picks one step size per chunk. Local blocks are short,
-    nearly straight maps; for a long or curved block (a global flow) check the error or pick
-    ``solver="dopri5"``.
+    measurement on a trained 3-block 2D model: decode(encode(x)) max error 3.0e-6, against 1.4e-4
+    for dopri5 at atol = rtol = 1e-6, which spent 76 evaluations per block and direction
+    (``benchmarks/results/core.md``). With fixed steps, results do not depend on how samples are
+    chunked (up to float rounding); an adaptive solver picks one step size per chunk. Local blocks
+    are short, nearly straight maps; for a long or curved block (a global flow) check the error or
+    pick ``solver="dopri5"``.
 
     Args:
         solver: one of :data:`SOLVERS` (``"dopri5"``, ``"tsit5"``: adaptive; ``"rk4"``,
             ``"midpoint"``, ``"euler"``: fixed step).
         atol, rtol: tolerances of the adaptive solvers (ignored by fixed-step ones).
-        steps: number of equal steps over the block's unit time interval for fixed-step solvers
-            (ignored by adaptive ones).
+        steps: number of equal steps over the integration interval for fixed-step solvers (a
+            block's whole unit interval in encode/decode/fit; ignored by adaptive ones).
     """
 
     solver: str = "rk4"

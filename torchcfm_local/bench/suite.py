@@ -301,6 +301,8 @@ def summarize(result: dict) -> list[dict]:
         reached = _crossing(row["curve"], target)
         row["reference"] = ref_name
         row["batches_to_reference_nll"] = reached
+        # reached at the first measured point: the true number may be smaller
+        row["batches_to_reference_is_upper_bound"] = reached is not None and reached == row["curve"][0][0]
         row["batch_ratio_to_reference"] = None if reached is None else reached / ref["batches"]
     return rows
 
@@ -317,7 +319,8 @@ def markdown_table(result: dict) -> str:
     for r in rows:
         if "batch_ratio_to_reference" in r:
             ratio = r["batch_ratio_to_reference"]
-            reach = "not reached" if ratio is None else f"{r['batches_to_reference_nll']:.0f} ({ratio:.2f}x)"
+            bound = "<= " if r["batches_to_reference_is_upper_bound"] else ""
+            reach = "not reached" if ratio is None else f"{bound}{r['batches_to_reference_nll']:.0f} ({bound}{ratio:.2f}x)"
         else:
             reach = "-"
         lines.append(f"| {r['method']} | {r['params']} | {r['test_nll']:.4f} | {r['val_nll']:.4f} | {r['energy_distance']:.4f} "
