@@ -52,7 +52,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, atomic_save, header, safe_load
 from .networks import MLP, NETWORKS, network_spec
-from .reports import IntegrationStats
+from .reports import IntegrationStats, tail_mean
 from .solvers import ODEOptions, VelocityField, integrate
 
 __all__ = [
@@ -283,10 +283,7 @@ class StageReport:
     @property
     def final_loss(self) -> float:
         """Mean training loss over the last 10% of batches (at least one)."""
-        if not self.losses:
-            return math.nan
-        k = max(1, len(self.losses) // 10)
-        return sum(self.losses[-k:]) / k
+        return tail_mean(self.losses)
 
 
 @dataclass

@@ -156,19 +156,8 @@ def flow_divergence(
     Returns:
         :class:`FlowDivergence` with ``x`` ``(B, *shape)``, ``div_integral`` ``(B,)``, ``nfe``.
     """
-    _check_field(field)
-    _check_batch(x, "x")
-    _check_finite(x, "x")
     t0, t1 = _check_time(t0, "t0"), _check_time(t1, "t1")
-    options = ODEOptions.coerce(options, _DEFAULT_OPTIONS)
-    _check_estimator(estimator)
-    _check_generator(generator)
-    if estimator == "exact" and x[0].numel() > EXACT_WARN_DIM:
-        warnings.warn(
-            f"exact divergence on D={x[0].numel()} dimensions costs D={x[0].numel()} "
-            "vector-Jacobian products per evaluation; consider estimator='hutchinson'",
-            stacklevel=2,
-        )
+    options = _check_inputs(field, x, options, estimator, generator)
     with torch.no_grad():
         return _flow_divergence(field, x.detach(), t0, t1, options, estimator, generator)
 
@@ -212,23 +201,12 @@ def log_prob(
     Returns:
         ``(B,)`` log densities in nats, detached, in ``x``'s dtype.
     """
-    _check_field(field)
-    _check_batch(x, "x")
-    _check_finite(x, "x")
     t_data, t_noise = _check_time(t_data, "t_data"), _check_time(t_noise, "t_noise")
-    options = ODEOptions.coerce(options, _DEFAULT_OPTIONS)
-    _check_estimator(estimator)
-    _check_generator(generator)
+    options = _check_inputs(field, x, options, estimator, generator)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     if not callable(prior_log_prob):
         raise TypeError(f"prior_log_prob must be callable, got {type(prior_log_prob).__name__}")
-    if estimator == "exact" and x[0].numel() > EXACT_WARN_DIM:
-        warnings.warn(
-            f"exact divergence on D={x[0].numel()} dimensions costs D={x[0].numel()} "
-            "vector-Jacobian products per evaluation; consider estimator='hutchinson'",
-            stacklevel=2,
-        )
     out = []
     with torch.no_grad():
         for chunk in x.detach().split(chunk_size):
@@ -392,6 +370,23 @@ def _rademacher(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     device = generator.device if generator is not None else x.device
     eps = torch.randint(0, 2, x.shape, generator=generator, device=device)
     return (2 * eps - 1).to(device=x.device, dtype=x.dtype)
+
+
+def _check_inputs(field, x, options, estimator, generator) -> ODEOptions:
+    """Boundary checks shared by the public functions; returns the coerced ODE options."""
+    _check_field(field)
+    _check_batch(x, "x")
+    _check_finite(x, "x")
+    options = ODEOptions.coerce(options, _DEFAULT_OPTIONS)
+    _check_estimator(estimator)
+    _check_generator(generator)
+    if estimator == "exact" and x[0].numel() > EXACT_WARN_DIM:
+        warnings.warn(
+            f"exact divergence on D={x[0].numel()} dimensions costs D={x[0].numel()} "
+            "vector-Jacobian products per evaluation; consider estimator='hutchinson'",
+            stacklevel=3,
+        )
+    return options
 
 
 def _check_batch(x, name: str) -> None:

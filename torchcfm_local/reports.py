@@ -50,6 +50,14 @@ def pool_stats(pool: torch.Tensor, chunk_size: int = 65536, max_dim_for_cov: int
     return PoolStats(mean_rms, cov_err, kl)
 
 
+def tail_mean(losses: list[float]) -> float:
+    """Mean of the last 10% of ``losses`` (at least one value); NaN when empty."""
+    if not losses:
+        return math.nan
+    k = max(1, len(losses) // 10)
+    return sum(losses[-k:]) / k
+
+
 @dataclass
 class BlockReport:
     """What happened while training one block.
@@ -79,10 +87,7 @@ class BlockReport:
     @property
     def final_loss(self) -> float:
         """Mean loss over the last 10% of batches (at least one)."""
-        if not self.losses:
-            return math.nan
-        k = max(1, len(self.losses) // 10)
-        return sum(self.losses[-k:]) / k
+        return tail_mean(self.losses)
 
 
 @dataclass
