@@ -1,8 +1,8 @@
 """Quality vs NFE: teacher LFM and global flow with ODE solvers, and both distilled into one-step students.
 
-For each 2-D dataset (tree, rose):
+For each dataset (default: tree and rose in 2-D, the 8-d patches3x3 and the 61-d digits61):
 
-* teacher LFM: N blocks of ``MLP(2, width, depth)``, ``OUSchedule(h0, rho, N)``, trained with
+* teacher LFM: N blocks of ``MLP(d, width, depth)``, ``OUSchedule(h0, rho, N)``, trained with
   ``batches`` steps per block;
 * teacher global flow: one block whose MLP width is chosen so that its parameter count equals the
   sum over the LFM blocks, trained with ``N * batches`` steps (equal parameters, equal batches);
@@ -40,9 +40,9 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def matched_width(target: int, depth: int) -> int:
-    """The MLP(2, width, depth) width whose parameter count is closest to ``target``."""
-    return min(range(8, 2048), key=lambda w: abs(n_params(tl.MLP(2, width=w, depth=depth)) - target))
+def matched_width(dim: int, target: int, depth: int) -> int:
+    """The MLP(dim, width, depth) width whose parameter count is closest to ``target``."""
+    return min(range(8, 2048), key=lambda w: abs(n_params(tl.MLP(dim, width=w, depth=depth)) - target))
 
 
 def timed_samples(fn, n_eval: int, generator_seed: int):
@@ -79,34 +79,36 @@ def student_sampler(sampler):
 
 
 def run_dataset(name: str, args) -> tuple[list[dict], dict]:
-    ds = tl.datasets.load(name, n_train=args.n_train, n_val=1000, n_test=args.n_eval, seed=0)
-    test = ds.test
-    N = args.blocks
+    ds = tl.datasets.load(name, seed=0)  # fixed-size tables (digits61) keep all their rows
+    g = torch.Generator().manual_seed(0)
+    train = ds.train[torch.randperm(len(ds.train), generator=g)[: args.n_train]]
+    test = ds.test[torch.randperm(len(ds.test), generator=g)[: args.n_eval]]
+    dim, N = ds.dim, args.blocks
     torch.manual_seed(0)
-    lfm = tl.LocalFlowMatching(2, tl.OUSchedule(args.h0, args.rho, N),
-                               velocity_factory=lambda n: tl.MLP(2, width=args.width, depth=args.depth))
+    lfm = tl.LocalFlowMatching(dim, tl.OUSchedule(args.h0, args.rho, N),
+                               velocity_factory=lambda n: tl.MLP(dim, width=args.width, depth=args.depth))
     lfm_params = n_params(lfm)
-    g_width = matched_width(lfm_params, args.depth)
+    g_width = matched_width(dim, lfm_params, args.depth)
     torch.manual_seed(0)
-    glob = tl.LocalFlowMatching(2, tl.OUSchedule.global_flow(),
-                                velocity_factory=lambda n: tl.MLP(2, width=g_width, depth=args.depth))
-    info = {"dataset": name, "n_train": args.n_train, "n_eval": args.n_eval, "lfm_params": lfm_params,
+    glob = tl.LocalFlowMatching(dim, tl.OUSchedule.global_flow(),
+                                velocity_factory=lambda n: tl.MLP(dim, width=g_width, depth=args.depth))
+    info = {"dataset": name, "dim": dim, "n_train": len(train), "n_test": len(test), "n_eval": args.n_eval, "lfm_params": lfm_params,
             "global_params": n_params(glob), "global_width": g_width, "schedule": list(lfm.schedule.step_sizes[:-1])}
     print(f"{name}: LFM {N} x MLP({args.width}x{args.depth}) = {lfm_params} params; "
           f"global MLP({g_width}x{args.depth}) = {info['global_params']} params", flush=True)
 
     tick = time.perf_counter()
-    lfm.fit(ds.train, batches_per_block=args.batches, batch_size=args.batch_size, seed=0, progress=False,
+    lfm.fit(train, batches_per_block=args.batches, batch_size=args.batch_size, seed=0, progress=False,
             encode_final_pool=False)
     info["lfm_train_seconds"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    glob.fit(ds.train, batches_per_block=N * args.batches, batch_size=args.batch_size, seed=0, progress=False,
+    glob.fit(train, batches_per_block=N * args.batches, batch_size=args.batch_size, seed=0, progress=False,
              encode_final_pool=False)
     info["global_train_seconds"] = time.perf_counter() - tick
     print(f"  trained: LFM {info['lfm_train_seconds']:.0f} s, global {info['global_train_seconds']:.0f} s", flush=True)
 
     rows, grids = [], {"data": ds.val}
-    ref = tl.energy_distance(ds.train[: args.n_eval], test)
+    ref = tl.energy_distance(train[: len(test)], test)
     rows.append({"method": "data (train subset vs test)", "family": "reference", "kind": "reference", "nfe": 0.0,
                  "energy_distance": ref, "sec_per_1000": 0.0, "params": 0})
     print(f"  data floor ED {ref:.5f}", flush=True)
@@ -119,7 +121,7 @@ def run_dataset(name: str, args) -> tuple[list[dict], dict]:
     for label, model, fam in (("LFM", lfm, "LFM teacher"), ("global", glob, "global teacher")):
         params = n_params(model)
         row, x = evaluate(f"{label} teacher dopri5 (quality)", fam, "adaptive", teacher_sampler(model, QUALITY),
-                          test, args.n_eval, params)
+                          test, len(test), params)
         rows.append(row)
         grids[f"{label} teacher dopri5"] = x
         fast = preset_options(model, "fast")
@@ -127,7 +129,7 @@ def run_dataset(name: str, args) -> tuple[list[dict], dict]:
             ode = tl.ODEOptions(solver=solver, steps=steps)
             tag = " (fast preset)" if ode == fast else ""
             row, _ = evaluate(f"{label} teacher {solver} x{steps}/block{tag}", fam, solver,
-                              teacher_sampler(model, ode), test, args.n_eval, params)
+                              teacher_sampler(model, ode), test, len(test), params)
             rows.append(row)
 
     # ---- distilled
@@ -137,7 +139,7 @@ def run_dataset(name: str, args) -> tuple[list[dict], dict]:
         sampler = distill(lfm, k=k, **common)
         rep = sampler.report
         row, x = evaluate(f"LFM distilled k={k}", "LFM distilled", "distilled", student_sampler(sampler), test,
-                          args.n_eval, n_params(sampler),
+                          len(test), n_params(sampler),
                           {"k": k, "distill_seconds": rep.total_seconds, "end_mse": rep.end_mse,
                            "stage_val_mse": [s.val_mse for s in rep.stages]})
         rows.append(row)
@@ -146,7 +148,7 @@ def run_dataset(name: str, args) -> tuple[list[dict], dict]:
         sampler = distill(glob, splits=m, **common)
         rep = sampler.report
         row, x = evaluate(f"global distilled M={m}", "global distilled", "distilled", student_sampler(sampler), test,
-                          args.n_eval, n_params(sampler),
+                          len(test), n_params(sampler),
                           {"splits": m, "distill_seconds": rep.total_seconds, "end_mse": rep.end_mse,
                            "stage_val_mse": [s.val_mse for s in rep.stages]})
         rows.append(row)
@@ -198,13 +200,14 @@ def figures(rows: list[dict], extras: dict, datasets: list[str]) -> None:
 
     for name in datasets:
         grids = extras[name]["grids"]
+        lo, hi = (float(v) for v in torch.quantile(grids["data"][:, :2].flatten(), torch.tensor([0.005, 0.995])))
         fig, axes = plt.subplots(2, (len(grids) + 1) // 2, figsize=(3 * ((len(grids) + 1) // 2), 6), squeeze=False)
         for ax, (title, x) in zip(axes.flat, grids.items()):
             x = x[:3000].numpy()
             ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.5)
             ax.set_title(title, fontsize=8)
-            ax.set_xlim(-4, 4)
-            ax.set_ylim(-4, 4)
+            ax.set_xlim(lo, hi)  # first two coordinates
+            ax.set_ylim(lo, hi)
             ax.set_xticks([])
             ax.set_yticks([])
         for ax in list(axes.flat)[len(grids):]:
@@ -216,7 +219,7 @@ def figures(rows: list[dict], extras: dict, datasets: list[str]) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["tree", "rose"])
+    p.add_argument("--datasets", nargs="+", default=["tree", "rose", "patches3x3", "digits61"])
     p.add_argument("--n-train", type=int, default=20000)
     p.add_argument("--n-eval", type=int, default=4000)
     p.add_argument("--blocks", type=int, default=4)
