@@ -135,24 +135,19 @@ def run_dataset(name: str, args) -> tuple[list[dict], dict]:
     # ---- distilled
     common = dict(n_pairs=args.n_pairs, n_val=1000, batches=args.distill_batches, batch_size=args.batch_size,
                   lr=args.distill_lr, teacher_ode=QUALITY, seed=0, progress=False)
-    for k in [k for k in range(1, N + 1) if N % k == 0]:
-        sampler = distill(lfm, k=k, **common)
+    plans = [("LFM", lfm, {"k": k}, N // k) for k in range(1, N + 1) if N % k == 0]
+    plans += [("global", glob, {"splits": m}, m) for m in args.global_steps]
+    for label, teacher, plan, nfe in plans:
+        sampler = distill(teacher, **plan, **common)
         rep = sampler.report
-        row, x = evaluate(f"LFM distilled k={k}", "LFM distilled", "distilled", student_sampler(sampler), test,
+        (key, value), = plan.items()
+        name_ = f"{label} distilled {'k' if key == 'k' else 'M'}={value}"
+        row, x = evaluate(name_, f"{label} distilled", "distilled", student_sampler(sampler), test,
                           len(test), n_params(sampler),
-                          {"k": k, "distill_seconds": rep.total_seconds, "end_mse": rep.end_mse,
+                          {key: value, "distill_seconds": rep.total_seconds, "end_mse": rep.end_mse,
                            "stage_val_mse": [s.val_mse for s in rep.stages]})
         rows.append(row)
-        grids[f"LFM distilled {N // k} NFE"] = x
-    for m in args.global_steps:
-        sampler = distill(glob, splits=m, **common)
-        rep = sampler.report
-        row, x = evaluate(f"global distilled M={m}", "global distilled", "distilled", student_sampler(sampler), test,
-                          len(test), n_params(sampler),
-                          {"splits": m, "distill_seconds": rep.total_seconds, "end_mse": rep.end_mse,
-                           "stage_val_mse": [s.val_mse for s in rep.stages]})
-        rows.append(row)
-        grids[f"global distilled {m} NFE"] = x
+        grids[f"{label} distilled {nfe} NFE"] = x
     for r in rows:
         r["dataset"] = name
     return rows, {"info": info, "grids": grids}

@@ -443,7 +443,7 @@ class LocalFlowMatching(nn.Module):
             yield self._trainer(n, pool)
             self.n_trained = n
             if n < self.n_blocks:
-                self._push_pool(n, pool, ode, chunk_size, progress)
+                self._push_pool(n, pool, ode, chunk_size, progress, stats=False)
 
     def _initial_pool(self, x, ode: ODEOptions, chunk_size: int) -> torch.Tensor:
         """A private copy of ``x``, pushed through the blocks already trained."""
@@ -459,8 +459,9 @@ class LocalFlowMatching(nn.Module):
     def _warm_start(self, n: int):
         self.nets[n - 1].load_state_dict(self.nets[n - 2].state_dict())
 
-    def _push_pool(self, n: int, pool: torch.Tensor, ode: ODEOptions, chunk_size: int, progress: bool):
-        """Push ``pool`` through block ``n`` in place; returns (seconds, NFE, PoolStats)."""
+    def _push_pool(self, n: int, pool: torch.Tensor, ode: ODEOptions, chunk_size: int, progress: bool,
+                   stats: bool = True):
+        """Push ``pool`` through block ``n`` in place; returns (seconds, NFE, PoolStats or None)."""
         start = time.perf_counter()
         desc = f"block {n}/{self.n_blocks} pushforward" if progress else None
         _, nfe = self._transport(pool, [n], False, ode, chunk_size, out=pool, progress=desc)
@@ -469,7 +470,7 @@ class LocalFlowMatching(nn.Module):
                 f"pushing the pool through block {n} produced NaN/Inf; the block's training diverged "
                 "(lower the learning rate or the step size h)"
             )
-        return time.perf_counter() - start, nfe[0], pool_stats(pool)
+        return time.perf_counter() - start, nfe[0], pool_stats(pool) if stats else None
 
     def _check_warm_start(self):
         for n in range(2, self.n_blocks + 1):
