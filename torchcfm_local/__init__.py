@@ -17,6 +17,7 @@ from .metrics import energy_distance
 from .likelihood import FlowDivergence, bits_per_dim, flow_divergence, log_prob, standard_normal_log_prob
 from .matchers import LocalBlockMatcher, exact_ot_pairing
 from .networks import MLP
+from .pool import MemmapPool, PoolDirError
 from .reports import BlockReport, FitReport, IntegrationStats, LogProbTerms, PoolStats
 from .schedule import OUSchedule, ou_step
 from .solvers import RK4, ODEOptions, VelocityField
@@ -30,6 +31,8 @@ __all__ = [
     "LocalBlockMatcher",
     "exact_ot_pairing",
     "MLP",
+    "MemmapPool",
+    "PoolDirError",
     "ODEOptions",
     "RK4",
     "VelocityField",

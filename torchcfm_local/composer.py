@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -22,8 +23,10 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, atomic_save, header, safe_load
+from .distributed import DistContext, context as dist_context, shard
 from .matchers import LocalBlockMatcher, _check_beta, default_matcher
 from .networks import MLP, NETWORKS, network_spec
+from .pool import MemmapPool, PoolDirError
 from .reports import BlockReport, FitReport, IntegrationStats, LogProbTerms, pool_stats
 from .schedule import OUSchedule
 from .solvers import ODEOptions, VelocityField, build_node, integrate
@@ -55,7 +58,8 @@ class BlockTrainer:
         model: the block's velocity network, as built by ``velocity_factory`` (train it).
         field: ``model`` seen as a torchdyn field ``f(t, x)``.
         matcher: the block's :class:`LocalBlockMatcher` (torchcfm's method names and returns).
-        pool: the block's data-side samples ``X_{n-1}``, shape ``(n, *shape)``.
+        pool: the block's data-side samples ``X_{n-1}``, shape ``(n, *shape)``: a tensor, or a
+            :class:`~torchcfm_local.pool.MemmapPool` (indexable the same way) with ``pool_dir``.
     """
 
     block: int
@@ -63,7 +67,7 @@ class BlockTrainer:
     model: nn.Module
     field: VelocityField
     matcher: LocalBlockMatcher
-    pool: torch.Tensor
+    pool: Union[torch.Tensor, MemmapPool]
 
     @property
     def device(self) -> torch.device:
@@ -80,10 +84,18 @@ class BlockTrainer:
         ``z`` and ``t`` are drawn from ``generator`` (on ``x1``'s device) when given, else from
         torch's global RNG.
         """
-        z = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-        t = self.matcher.sample_time(x1.shape[0], x1, generator)
+        z, t = self.draw(x1.shape[0], x1, generator)
+        return self.loss_at(x1, z, t)
+
+    def draw(self, batch_size: int, like: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """The random inputs of a loss: ``z`` ``(batch_size, *shape)`` ~ N(0, I) and times ``t`` ``(batch_size,)``."""
+        z = torch.randn((batch_size, *like.shape[1:]), generator=generator, device=like.device, dtype=like.dtype)
+        return z, self.matcher.sample_time(batch_size, like, generator)
+
+    def loss_at(self, x1: torch.Tensor, z: torch.Tensor, t: torch.Tensor, field: Optional[nn.Module] = None):
+        """The loss on ``x1`` with given ``z`` and ``t`` (see :meth:`draw`), through ``field`` (default: the block's)."""
         t, xt, ut = self.matcher.sample_location_and_conditional_flow(z, x1, t)
-        return torch.mean((self.field(t, xt) - ut) ** 2)
+        return torch.mean(((field or self.field)(t, xt) - ut) ** 2)
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -223,8 +235,10 @@ class LocalFlowMatching(nn.Module):
 
     # ------------------------------------------------------------------ input checks
     def _check_samples(self, x, name: str, min_count: int = 1) -> torch.Tensor:
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
+        if isinstance(x, np.ndarray):  # also numpy.load(..., mmap_mode="r"): read in chunks, never written
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "not writable"
+                x = torch.from_numpy(x)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -233,11 +247,13 @@ class LocalFlowMatching(nn.Module):
             raise ValueError(f"{name} must have shape (n, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
         if x.shape[0] < min_count:
             raise ValueError(f"{name} must hold at least {min_count} sample(s), got {x.shape[0]}")
-        bad = ~torch.isfinite(x)
-        if bad.any():
-            rows = torch.nonzero(bad.reshape(x.shape[0], -1).any(1)).flatten()
+        chunk = max(1, 2**22 // max(1, x[0].numel()))  # bounded memory for memory-mapped data
+        bad_rows = [torch.nonzero(~torch.isfinite(part.reshape(part.shape[0], -1)).all(1)).flatten() + i
+                    for i, part in zip(range(0, x.shape[0], chunk), x.split(chunk))]
+        bad_rows = torch.cat(bad_rows)
+        if bad_rows.numel():
             raise ValueError(
-                f"{name} contains NaN or Inf in {rows.numel()} sample(s) (first at index {int(rows[0])}); "
+                f"{name} contains NaN or Inf in {bad_rows.numel()} sample(s) (first at index {int(bad_rows[0])}); "
                 "remove or impute them first"
             )
         return x
@@ -266,33 +282,41 @@ class LocalFlowMatching(nn.Module):
         to_data: bool,
         ode: ODEOptions,
         chunk_size: int,
-        out: Optional[torch.Tensor] = None,
+        out=None,
         progress: Optional[str] = None,
+        rows: Optional[tuple[int, int]] = None,
+        nonfinite_error: Optional[str] = None,
     ) -> tuple[torch.Tensor, list[float]]:
         """Carry ``x`` through ``blocks`` in order, chunk by chunk; returns (result, NFE per block).
 
-        ``out`` may be ``x`` itself (in-place pushforward: no second copy of a large pool).
+        ``out`` may be ``x`` itself (in-place pushforward: no second copy of a large pool) or a
+        :meth:`MemmapPool.target`. Only ``rows = (start, stop)`` are carried when given (a rank's
+        shard). ``nonfinite_error``: raise ``FloatingPointError(nonfinite_error)`` on a NaN/Inf result.
         """
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
         if out is None:
             out = torch.empty_like(x)
+        start, stop = (0, x.shape[0]) if rows is None else rows
         device, dtype = self.device, self.dtype
         nfe = [0.0] * len(blocks)
-        n_chunks = math.ceil(x.shape[0] / chunk_size)
+        n_chunks = max(1, math.ceil((stop - start) / chunk_size))
         was_training = self.training
         self.eval()
         try:
             with _progress_bar(n_chunks, progress or "", progress is not None) as bar:
-                for i in range(0, x.shape[0], chunk_size):
-                    y = x[i : i + chunk_size].to(device, dtype)
+                for i in range(start, stop, chunk_size):
+                    j = min(i + chunk_size, stop)
+                    y = x[i:j].to(device, dtype)
                     for k, n in enumerate(blocks):
                         field = self._fields[n - 1]
                         field.nfe = 0
                         t0, t1 = (0.0, 1.0) if to_data else (1.0, 0.0)
                         y = integrate(field, y, t0, t1, ode, self._node(n, ode))
                         nfe[k] += field.nfe / n_chunks
-                    out[i : i + chunk_size] = y.to(out.device, out.dtype)
+                    if nonfinite_error is not None and not torch.isfinite(y).all():
+                        raise FloatingPointError(nonfinite_error)
+                    out[i:j] = y.to(out.device, out.dtype)
                     bar.update(1)
         finally:
             self.train(was_training)
@@ -419,7 +443,14 @@ class LocalFlowMatching(nn.Module):
 
     # ------------------------------------------------------------------ training
     def train_blocks(
-        self, x, *, pushforward_ode=None, chunk_size: Optional[int] = None, warm_start: bool = False, progress: bool = True
+        self,
+        x,
+        *,
+        pushforward_ode=None,
+        chunk_size: Optional[int] = None,
+        warm_start: bool = False,
+        progress: bool = True,
+        pool_dir: Union[str, Path, None] = None,
     ) -> Iterator[BlockTrainer]:
         """Block-wise training with your own loop: yields one :class:`BlockTrainer` per block.
 
@@ -432,10 +463,15 @@ class LocalFlowMatching(nn.Module):
                 opt = torch.optim.Adam(block.model.parameters())
                 for _ in range(1000):
                     opt.zero_grad(); block.loss(block.data(256)).backward(); opt.step()
+
+        ``pool_dir`` keeps the pool in memory-mapped files (see :meth:`fit`). In a running
+        ``torch.distributed`` process group the pushforward is sharded over the ranks; the
+        training loop (and wrapping ``block.model`` in ``DistributedDataParallel``) is yours.
         """
         ode = ODEOptions.coerce(pushforward_ode, PUSHFORWARD_ODE)
         chunk_size = self._default_chunk() if chunk_size is None else chunk_size
-        pool = self._initial_pool(x, ode, chunk_size)
+        dist = dist_context(self.device, init=False)
+        pool = self._initial_pool(x, ode, chunk_size, pool_dir, dist)
         for n in range(self.n_trained + 1, self.n_blocks + 1):
             if warm_start and n > 1:
                 self._warm_start(n)
@@ -443,15 +479,79 @@ class LocalFlowMatching(nn.Module):
             yield self._trainer(n, pool)
             self.n_trained = n
             if n < self.n_blocks:
-                self._push_pool(n, pool, ode, chunk_size, progress, stats=False)
+                self._push_pool(n, pool, ode, chunk_size, progress, stats=False, dist=dist)
 
-    def _initial_pool(self, x, ode: ODEOptions, chunk_size: int) -> torch.Tensor:
-        """A private copy of ``x``, pushed through the blocks already trained."""
+    def _initial_pool(
+        self, x, ode: ODEOptions, chunk_size: int, pool_dir=None, dist: DistContext = DistContext(),
+        fingerprint: Optional[list] = None, run_id: Optional[str] = None,
+    ):
+        """The training data pushed through the blocks already trained: a private tensor copy of
+        ``x``, or a :class:`MemmapPool` in ``pool_dir`` (reused when it holds ``x``, or ``x`` pushed
+        through some of the trained blocks by the same run ``run_id``)."""
         x = self._check_samples(x, "training data", min_count=2)
-        pool = x.to(dtype=self.dtype, copy=True)
-        for n in range(1, self.n_trained + 1):  # block by block, as during training: same chunks, same result
-            self._transport(pool, [n], False, ode, chunk_size, out=pool)
+        if pool_dir is None:
+            pool = x.to(dtype=self.dtype, copy=True)
+            done = 0
+        else:
+            pool = self._memmap_pool(Path(pool_dir), x, chunk_size, dist, fingerprint or _fingerprint(x), run_id)
+            done = pool.after_block
+        for n in range(done + 1, self.n_trained + 1):  # block by block, as during training: same chunks, same result
+            self._push_pool(n, pool, ode, chunk_size, progress=False, stats=False, dist=dist)
         return pool
+
+    def _memmap_pool(self, pool_dir: Path, x: torch.Tensor, chunk_size: int, dist: DistContext,
+                     fingerprint: list, run_id: Optional[str]) -> MemmapPool:
+        """Open the pool in ``pool_dir`` if it holds ``x`` (or ``x`` pushed through some of the trained
+        blocks by run ``run_id``), else fill a new one with ``x``. Rank 0 decides; every rank checks
+        that it sees the same directory."""
+        token, shape = dist.new_token(), (x.shape[0], *self.shape)
+        reuse = False
+        if dist.is_main:
+            MemmapPool.check_dir(pool_dir)
+            pool = None
+            try:
+                pool = MemmapPool.open(pool_dir)
+            except PoolDirError:
+                pass  # absent or damaged: our own scratch directory, rebuilt below
+            reuse = (pool is not None and pool.shape == shape and pool.dtype == self.dtype
+                     and np.allclose(pool.meta["fingerprint"], fingerprint, rtol=1e-9, atol=1e-6)
+                     and (pool.after_block == 0 or (
+                         run_id is not None and pool.meta.get("run") == run_id
+                         and pool.after_block is not None and pool.after_block <= self.n_trained)))
+            if reuse:
+                pool.meta.update(token=token, run=run_id)
+                pool._write_meta()
+            else:
+                pool = MemmapPool.create(pool_dir, shape, self.dtype, fingerprint, token, run_id)
+        reuse = dist.broadcast_object(reuse)
+        dist.barrier()
+        if not dist.is_main:
+            try:
+                pool = MemmapPool.open(pool_dir)
+            except PoolDirError as err:
+                raise PoolDirError(f"rank {dist.rank} cannot read the pool rank 0 wrote: {err}") from err
+            if pool.meta.get("token") != token:
+                raise PoolDirError(
+                    f"rank {dist.rank} sees another pool in {pool_dir} than rank 0: pool_dir must be one "
+                    "directory shared by all ranks (one machine, or a shared filesystem)"
+                )
+        if not reuse:
+            start, stop = shard(x.shape[0], dist.rank, dist.world)
+            target = pool.target()
+            for i in range(start, stop, chunk_size):
+                target[i : min(i + chunk_size, stop)] = x[i : min(i + chunk_size, stop)]
+            self._commit(pool, 0, chunk_size, dist)
+        return pool
+
+    @staticmethod
+    def _commit(pool, after_block: int, chunk_size: int, dist: DistContext):
+        """Finish a sharded write of ``pool``: every rank sees every row afterwards."""
+        if isinstance(pool, MemmapPool):
+            dist.barrier()  # all rows are in the file
+            pool.commit(after_block, write_meta=dist.is_main)
+            dist.barrier()
+        else:
+            dist.share_rows(pool, chunk_size)
 
     def _trainer(self, n: int, pool: torch.Tensor) -> BlockTrainer:
         return BlockTrainer(n, self.schedule.step(n), self.nets[n - 1], self._fields[n - 1], self.block_matcher(n), pool)
@@ -459,18 +559,21 @@ class LocalFlowMatching(nn.Module):
     def _warm_start(self, n: int):
         self.nets[n - 1].load_state_dict(self.nets[n - 2].state_dict())
 
-    def _push_pool(self, n: int, pool: torch.Tensor, ode: ODEOptions, chunk_size: int, progress: bool,
-                   stats: bool = True):
-        """Push ``pool`` through block ``n`` in place; returns (seconds, NFE, PoolStats or None)."""
+    def _push_pool(self, n: int, pool, ode: ODEOptions, chunk_size: int, progress: bool,
+                   stats: bool = True, dist: DistContext = DistContext()):
+        """Push ``pool`` through block ``n`` (in place, or into a memory-mapped pool's other buffer),
+        each rank its shard; returns (seconds, NFE, PoolStats or None)."""
         start = time.perf_counter()
-        desc = f"block {n}/{self.n_blocks} pushforward" if progress else None
-        _, nfe = self._transport(pool, [n], False, ode, chunk_size, out=pool, progress=desc)
-        if not torch.isfinite(pool).all():
-            raise FloatingPointError(
-                f"pushing the pool through block {n} produced NaN/Inf; the block's training diverged "
-                "(lower the learning rate or the step size h)"
-            )
-        return time.perf_counter() - start, nfe[0], pool_stats(pool) if stats else None
+        desc = f"block {n}/{self.n_blocks} pushforward" if progress and dist.is_main else None
+        out = pool.target() if isinstance(pool, MemmapPool) else pool
+        _, nfe = self._transport(
+            pool, [n], False, ode, chunk_size, out=out, progress=desc, rows=shard(pool.shape[0], dist.rank, dist.world),
+            nonfinite_error=f"pushing the pool through block {n} produced NaN/Inf; the block's training diverged "
+            "(lower the learning rate or the step size h)",
+        )
+        self._commit(pool, n, chunk_size, dist)
+        summary = dist.broadcast_object(pool_stats(pool) if stats and dist.is_main else None)
+        return time.perf_counter() - start, nfe[0], summary
 
     def _check_warm_start(self):
         for n in range(2, self.n_blocks + 1):
@@ -502,6 +605,7 @@ class LocalFlowMatching(nn.Module):
         encode_final_pool: bool = True,
         progress: bool = True,
         callback: Optional[Callable[[int, int, float], None]] = None,
+        pool_dir: Union[str, Path, None] = None,
     ) -> FitReport:
         """Train all blocks in order (Algorithm 1 of the paper).
 
@@ -509,10 +613,18 @@ class LocalFlowMatching(nn.Module):
         (with replacement) from the current pool, each paired with its OU partner by the block's
         matcher; then the whole pool is pushed through block n in chunks of ``chunk_size``, in place.
 
+        Data-parallel when launched with ``torchrun --nproc_per_node=K`` (or inside an initialized
+        ``torch.distributed`` process group): every rank calls ``fit`` with the same ``x`` and
+        settings, trains on its ``batch_size / K`` share of each batch under
+        ``DistributedDataParallel`` and pushes its shard of the pool; rank 0 alone writes
+        checkpoints, and all ranks read them on ``resume``. See :mod:`torchcfm_local.distributed`.
+
         Args:
-            x: training data ``(n, *shape)``, floating point, finite, ``n >= batch_size``.
+            x: training data ``(n, *shape)``, floating point, finite, ``n >= batch_size`` (a tensor,
+                or a numpy array, e.g. ``numpy.load(path, mmap_mode="r")`` for data larger than RAM).
             batches_per_block: optimizer steps per block (an int, or one per block).
-            batch_size: samples per step. Must not exceed the number of training samples.
+            batch_size: samples per step (over all ranks; divisible by their number). Must not
+                exceed the number of training samples.
             lr, weight_decay: Adam(W) settings (AdamW when ``weight_decay > 0``).
             lr_decay: ``None`` (constant) or ``"cosine"`` (to 0 over each block).
             grad_clip: max gradient norm, or ``None``.
@@ -520,7 +632,8 @@ class LocalFlowMatching(nn.Module):
             seed: seeds batch indices, noise and times; ``None`` draws one from torch's global RNG,
                 so ``torch.manual_seed`` makes ``fit`` reproducible.
             checkpoint_dir: where to keep ``model.pt`` (after every block), ``pool.pt`` (the pool
-                for the next block) and ``progress.pt`` (every ``checkpoint_every`` batches).
+                for the next block, unless ``pool_dir`` holds it) and ``progress.pt`` (every
+                ``checkpoint_every`` batches).
             resume: continue the run in ``checkpoint_dir`` (finished blocks are not redone; an
                 interrupted block restarts from its last ``progress.pt``). Starts fresh if the
                 directory holds no run. Without it, a directory that holds a run is an error.
@@ -529,7 +642,11 @@ class LocalFlowMatching(nn.Module):
             encode_final_pool: also push the pool through the last block to report how close the
                 encoded training data is to N(0, I).
             progress: show progress bars.
-            callback: ``callback(block, batches_done, loss)`` after every optimizer step.
+            callback: ``callback(block, batches_done, loss)`` after every optimizer step (``loss``
+                is the mean over ranks).
+            pool_dir: keep the pool in memory-mapped files in this directory (new, empty, or an
+                earlier pool) instead of memory; peak memory of the pushforward is then bounded by
+                ``chunk_size`` (:mod:`torchcfm_local.pool`). A resumed run reuses the pool there.
 
         Returns:
             :class:`FitReport` with one :class:`BlockReport` per block trained by this call.
@@ -537,9 +654,12 @@ class LocalFlowMatching(nn.Module):
         start_time = time.perf_counter()
         x = self._check_samples(x, "training data", min_count=2)
         per_block = self._check_budget(batches_per_block)
-        for name, value in (("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
+        for name, value in (("batch_size", batch_size), ("checkpoint_every", checkpoint_every),
+                            ("chunk_size", 1 if chunk_size is None else chunk_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if pool_dir is not None:
+            MemmapPool.check_dir(pool_dir)
         if batch_size > x.shape[0]:
             raise ValueError(
                 f"batch_size={batch_size} exceeds the {x.shape[0]} training samples; use batch_size <= {x.shape[0]}"
@@ -554,46 +674,59 @@ class LocalFlowMatching(nn.Module):
             self._check_warm_start()
         ode = ODEOptions.coerce(pushforward_ode, PUSHFORWARD_ODE)
         chunk_size = self._default_chunk() if chunk_size is None else chunk_size
+        device = self.device
+        dist = dist_context(device)
+        if batch_size % dist.world:
+            raise ValueError(f"batch_size={batch_size} must be divisible by the number of ranks ({dist.world})")
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        seed = dist.broadcast_object(seed)
         hyper = {
             "batches_per_block": per_block, "batch_size": batch_size, "lr": float(lr), "lr_decay": lr_decay,
             "weight_decay": float(weight_decay), "grad_clip": grad_clip, "warm_start": warm_start,
             "chunk_size": chunk_size, "pushforward_ode": [ode.solver, ode.atol, ode.rtol, ode.steps],
+            "world_size": dist.world,
         }
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        device = self.device
+        fingerprint = _fingerprint(x)
+        self._check_ranks_agree(dist, {"training data": fingerprint, "settings": hyper,
+                                       "trained blocks": self.n_trained, "resume": resume})
         gen_idx = torch.Generator().manual_seed(seed)
         gen_noise = torch.Generator(device=device).manual_seed(seed + 1)
-        fingerprint = _fingerprint(x)
 
         pool, progress_state, reports = None, None, []
-        if ckpt is not None and (ckpt / _MODEL_FILE).exists():
+        run_id = dist.new_token()
+        has_run = dist.broadcast_object(ckpt is not None and (ckpt / _MODEL_FILE).exists())
+        if has_run:
             if not resume:
                 raise FileExistsError(
                     f"{ckpt} already holds a training run; pass resume=True to continue it or choose another checkpoint_dir"
                 )
             state = self._restore_run(ckpt, hyper, fingerprint)
-            seed = state["seed"]
+            seed, run_id = state["seed"], state.get("run_id")
             gen_idx.set_state(state["gen_idx"])
             gen_noise.set_state(state["gen_noise"])
-            pool = self._load_pool(ckpt, x, ode, chunk_size)
+            if pool_dir is None:
+                pool = self._load_pool(ckpt, x)
             progress_state = self._load_progress(ckpt)
         elif self.n_trained and not resume:
             raise RuntimeError(
                 f"{self.n_trained} block(s) are already trained; call fit(..., resume=True) to train the rest"
             )
         if pool is None:
-            pool = self._initial_pool(x, ode, chunk_size)
+            pool = self._initial_pool(x, ode, chunk_size, pool_dir, dist, fingerprint, run_id)
 
-        def save_run():  # finished blocks + what a resume needs to continue identically
-            fit_state = {"seed": seed, "hyper": hyper, "fingerprint": fingerprint,
-                         "gen_idx": gen_idx.get_state(), "gen_noise": gen_noise.get_state().cpu()}
-            atomic_save(self._state(fit_state), ckpt / _MODEL_FILE)
+        def save_run():  # finished blocks + what a resume needs to continue identically (rank 0 only)
+            if dist.is_main:
+                fit_state = {"seed": seed, "hyper": hyper, "fingerprint": fingerprint, "run_id": run_id,
+                             "gen_idx": gen_idx.get_state(), "gen_noise": gen_noise.get_state().cpu()}
+                atomic_save(self._state(fit_state), ckpt / _MODEL_FILE)
 
-        if ckpt is not None and not (ckpt / _MODEL_FILE).exists():
+        if ckpt is not None and not has_run:
             save_run()  # marks the directory as holding this run from the first batch on
 
+        # this rank's rows of every batch: all ranks draw the whole batch alike and take their share
+        lo, hi = shard(batch_size, dist.rank, dist.world)
         for n in range(self.n_trained + 1, self.n_blocks + 1):
             trainer = self._trainer(n, pool)
             net = trainer.model
@@ -613,7 +746,13 @@ class LocalFlowMatching(nn.Module):
             resumed_from = step
             total = per_block[n - 1]
             net.train()
-            bar = _progress_bar(total, f"block {n}/{self.n_blocks} train", progress, initial=step)
+            field = trainer.field
+            if dist.active:  # gradients averaged over ranks
+                from torch.nn.parallel import DistributedDataParallel
+
+                ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+                field = VelocityField(ddp, takes_time=trainer.field.takes_time)
+            bar = _progress_bar(total, f"block {n}/{self.n_blocks} train", progress and dist.is_main, initial=step)
             tick = time.perf_counter()
             try:
                 while step < total:
@@ -621,11 +760,13 @@ class LocalFlowMatching(nn.Module):
                         for group in opt.param_groups:
                             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
                     idx = torch.randint(0, pool.shape[0], (batch_size,), generator=gen_idx)
-                    x1 = pool[idx].to(device)
-                    loss = trainer.loss(x1, gen_noise)
-                    if not torch.isfinite(loss):
+                    x1 = pool[idx[lo:hi]].to(device)
+                    z, t = trainer.draw(batch_size, x1, gen_noise)
+                    loss = trainer.loss_at(x1, z[lo:hi], t[lo:hi], field)
+                    loss_value = dist.mean(loss.detach()).item()
+                    if not math.isfinite(loss_value):
                         raise FloatingPointError(
-                            f"block {n}: loss became {loss.item()} at batch {step + 1}; finished blocks are kept"
+                            f"block {n}: loss became {loss_value} at batch {step + 1}; finished blocks are kept"
                             + (f" in {ckpt}" if ckpt else "") + ". Lower lr or set grad_clip."
                         )
                     opt.zero_grad(set_to_none=True)
@@ -634,14 +775,14 @@ class LocalFlowMatching(nn.Module):
                         torch.nn.utils.clip_grad_norm_(params, grad_clip)
                     opt.step()
                     step += 1
-                    losses.append(loss.item())
+                    losses.append(loss_value)
                     bar.update(1)
                     if step % 50 == 0 or step == total:
                         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
                     if callback is not None:
                         callback(n, step, losses[-1])
                     # also at the last batch: a kill during the pushforward then keeps the trained block
-                    if ckpt is not None and (step % checkpoint_every == 0 or step == total):
+                    if ckpt is not None and dist.is_main and (step % checkpoint_every == 0 or step == total):
                         atomic_save({
                             **header("progress"), "block": n, "step": step, "net": net.state_dict(),
                             "opt": opt.state_dict(), "gen_idx": gen_idx.get_state(),
@@ -655,15 +796,26 @@ class LocalFlowMatching(nn.Module):
             report = BlockReport(n, self.schedule.step(n), step, losses, train_seconds, resumed_from=resumed_from)
             if n < self.n_blocks or encode_final_pool:
                 report.pushforward_seconds, report.pushforward_nfe, report.pool = self._push_pool(
-                    n, pool, ode, chunk_size, progress
+                    n, pool, ode, chunk_size, progress, dist=dist
                 )
             reports.append(report)
-            if ckpt is not None:
-                if n < self.n_blocks:
+            if ckpt is not None and dist.is_main:
+                if n < self.n_blocks and pool_dir is None:
                     atomic_save({**header("pool"), "after_block": n, "fingerprint": fingerprint, "pool": pool}, ckpt / _POOL_FILE)
                 save_run()
                 (ckpt / _PROGRESS_FILE).unlink(missing_ok=True)
         return FitReport(reports, seed, time.perf_counter() - start_time, str(ckpt) if ckpt else None)
+
+    @staticmethod
+    def _check_ranks_agree(dist: DistContext, values: dict):
+        """Every rank must call ``fit`` with the same data and settings; say which differ."""
+        if not dist.active:
+            return
+        seen = dist.gather_objects(values)
+        bad = sorted({key for other in seen[1:] for key in values if other[key] != seen[0][key]})
+        if bad:
+            detail = "; ".join(f"{key}: " + ", ".join(f"rank {r}: {v[key]!r}" for r, v in enumerate(seen)) for key in bad)
+            raise ValueError(f"all ranks must call fit with the same data and settings, but they differ in {detail}")
 
     def _check_budget(self, batches_per_block) -> list[int]:
         if isinstance(batches_per_block, int) and not isinstance(batches_per_block, bool):
@@ -773,15 +925,18 @@ class LocalFlowMatching(nn.Module):
             raise CheckpointError(f"{ckpt / _MODEL_FILE} is a saved model, not a fit checkpoint")
         if not np.allclose(state["fingerprint"], fingerprint, rtol=1e-9, atol=1e-6):
             raise ValueError(f"{ckpt} was trained on other data (different size or values); resume with the same x")
-        changed = sorted(k for k in hyper if state["hyper"].get(k) != hyper[k])
+        saved_hyper = {"world_size": 1, **state["hyper"]}  # files from before distributed training
+        changed = sorted(k for k in hyper if saved_hyper.get(k) != hyper[k])
         if changed:
-            diffs = ", ".join(f"{k}: {state['hyper'].get(k)!r} -> {hyper[k]!r}" for k in changed)
-            raise ValueError(f"resume must use the run's settings; changed: {diffs}")
+            diffs = ", ".join(f"{k}: {saved_hyper.get(k)!r} -> {hyper[k]!r}" for k in changed)
+            hint = (f" (relaunch with torchrun --nproc_per_node={saved_hyper['world_size']})"
+                    if "world_size" in changed else "")
+            raise ValueError(f"resume must use the run's settings; changed: {diffs}{hint}")
         self.load_state_dict(saved.state_dict())
         self.n_trained = saved.n_trained
         return state
 
-    def _load_pool(self, ckpt: Path, x: torch.Tensor, ode: ODEOptions, chunk_size: int) -> Optional[torch.Tensor]:
+    def _load_pool(self, ckpt: Path, x: torch.Tensor) -> Optional[torch.Tensor]:
         if self.n_trained == 0 or self.n_trained == self.n_blocks:
             return None
         path = ckpt / _POOL_FILE

@@ -160,14 +160,16 @@ class VelocityField(nn.Module):
 
     Args:
         net: the velocity network.
+        takes_time: force the convention (``True``: ``net(t, x)``) instead of reading the
+            signature, e.g. for a wrapper such as ``DistributedDataParallel(net)``.
         cond: optional conditioning tensor ``(B, ...)`` passed as a third argument
             ``net(t, x, cond)``; set the attribute before each integration.
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, takes_time: Optional[bool] = None):
         super().__init__()
         self.net = net
-        self.takes_time = _takes_time(net)
+        self.takes_time = _takes_time(net) if takes_time is None else bool(takes_time)
         self.nfe = 0
         self.cond: Optional[torch.Tensor] = None
 

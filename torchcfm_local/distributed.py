@@ -1,0 +1,119 @@
+"""Data-parallel training on ``torch.distributed``: launch a script that calls ``fit`` with torchrun.
+
+``fit`` runs data-parallel whenever a process group is up, or when torchrun's environment
+(``WORLD_SIZE`` > 1) says it should be and no group exists yet; it then creates one (gloo on
+CPU, nccl on CUDA). What each rank does:
+
+* **Batches.** All ranks draw the same global batch indices, noise and times from generators
+  seeded alike, and each takes its contiguous share of ``batch_size / world_size`` rows. The
+  block's network is wrapped in ``DistributedDataParallel``, which averages the gradients, so a
+  step equals the single-process step on the whole batch up to floating-point summation order.
+  Matchers that pair within a batch (minibatch OT) pair within each rank's share.
+* **Pushforward.** Rank ``r`` pushes rows ``shard(n, r, world)`` of the pool. An in-memory pool
+  is then completed on every rank by broadcasts of each rank's rows, chunk by chunk; a
+  memory-mapped pool (``pool_dir``) needs no communication: every rank writes its rows of the
+  shared file, which must therefore be visible to all ranks (one machine, or a shared filesystem).
+* **Files.** Only rank 0 writes checkpoints; every rank reads them on ``resume``.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["DistContext", "context", "shard"]
+
+
+def shard(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of ``n`` that ``rank`` of ``world`` handles (contiguous, sizes differ by <= 1)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the run: ``rank`` of ``world``; ``world == 1`` is a plain run."""
+
+    rank: int = 0
+    world: int = 1
+    comm_device: torch.device = torch.device("cpu")
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.active:
+            torch.distributed.barrier()
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        if not self.active:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def gather_objects(self, obj: Any) -> list:
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a tensor over ranks (a copy on every rank)."""
+        if not self.active:
+            return value
+        buf = value.detach().to(self.comm_device, copy=True)
+        torch.distributed.all_reduce(buf)
+        return (buf / self.world).to(value.device)
+
+    def share_rows(self, pool: torch.Tensor, chunk_size: int):
+        """Complete an in-memory pool: rank r broadcasts its rows ``shard(n, r, world)`` to all."""
+        if not self.active:
+            return
+        n = pool.shape[0]
+        for src in range(self.world):
+            start, stop = shard(n, src, self.world)
+            for i in range(start, stop, chunk_size):
+                rows = pool[i : min(i + chunk_size, stop)]
+                buf = rows.to(self.comm_device).contiguous()
+                torch.distributed.broadcast(buf, src=src)
+                if src != self.rank:
+                    rows.copy_(buf)
+
+    def new_token(self) -> str:
+        """A random id chosen by rank 0 and known to all ranks."""
+        return self.broadcast_object(uuid.uuid4().hex if self.is_main else None)
+
+
+def context(device: Optional[torch.device] = None, init: bool = True) -> DistContext:
+    """The current :class:`DistContext`.
+
+    Uses an initialized default process group; otherwise, when ``init`` and torchrun's
+    environment variables announce ``WORLD_SIZE > 1``, initializes one (nccl when ``device`` is
+    CUDA, else gloo). Without either, a single-process context.
+    """
+    dist = torch.distributed
+    if not dist.is_available():
+        return DistContext()
+    if not dist.is_initialized():
+        if not init or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return DistContext()
+        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    world = dist.get_world_size()
+    if world == 1:
+        return DistContext()
+    comm = device if dist.get_backend() == "nccl" and device is not None else torch.device("cpu")
+    if dist.get_backend() == "nccl" and (comm is None or comm.type != "cuda"):
+        raise RuntimeError("an nccl process group needs the model on a CUDA device; move it with lfm.to(device)")
+    return DistContext(dist.get_rank(), world, comm)
