@@ -11,6 +11,7 @@ to the data side (t = 1) in every block (torchcfm's convention, see :mod:`.match
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -60,6 +61,7 @@ class BlockTrainer:
         matcher: the block's :class:`LocalBlockMatcher` (torchcfm's method names and returns).
         pool: the block's data-side samples ``X_{n-1}``, shape ``(n, *shape)``: a tensor, or a
             :class:`~torchcfm_local.pool.MemmapPool` (indexable the same way) with ``pool_dir``.
+        cond: the pool rows' conditions ``(n, cond_dim)`` (conditional models), else ``None``.
     """
 
     block: int
@@ -68,6 +70,8 @@ class BlockTrainer:
     field: VelocityField
     matcher: LocalBlockMatcher
     pool: Union[torch.Tensor, MemmapPool]
+    cond: Optional[torch.Tensor] = None
+    _cond_input: Optional[Callable] = dataclasses.field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -75,27 +79,39 @@ class BlockTrainer:
 
     def data(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """A batch of ``batch_size`` pool samples drawn uniformly with replacement, on the model's device."""
-        idx = torch.randint(0, self.pool.shape[0], (batch_size,), generator=generator)
-        return self.pool[idx].to(self.device)
+        return self.batch(batch_size, generator)[0]
 
-    def loss(self, x1: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def batch(self, batch_size: int, generator: Optional[torch.Generator] = None):
+        """``(x1, cond)``: as :meth:`data`, with the rows' conditions (``None`` when unconditional)."""
+        idx = torch.randint(0, self.pool.shape[0], (batch_size,), generator=generator)
+        cond = None if self.cond is None else self.cond[idx].to(self.device)
+        return self.pool[idx].to(self.device), cond
+
+    def loss(self, x1: torch.Tensor, generator: Optional[torch.Generator] = None, cond=None) -> torch.Tensor:
         """Flow-matching loss ``mean |v(t, x_t) - u_t|^2`` on a data-side batch ``x1``.
 
         ``z`` and ``t`` are drawn from ``generator`` (on ``x1``'s device) when given, else from
-        torch's global RNG.
+        torch's global RNG. ``cond``: the batch's conditions ``(B, cond_dim)`` (conditional models).
         """
         z, t = self.draw(x1.shape[0], x1, generator)
-        return self.loss_at(x1, z, t)
+        return self.loss_at(x1, z, t, cond=None if cond is None else self._cond_input(cond))
 
     def draw(self, batch_size: int, like: torch.Tensor, generator: Optional[torch.Generator] = None):
         """The random inputs of a loss: ``z`` ``(batch_size, *shape)`` ~ N(0, I) and times ``t`` ``(batch_size,)``."""
         z = torch.randn((batch_size, *like.shape[1:]), generator=generator, device=like.device, dtype=like.dtype)
         return z, self.matcher.sample_time(batch_size, like, generator)
 
-    def loss_at(self, x1: torch.Tensor, z: torch.Tensor, t: torch.Tensor, field: Optional[nn.Module] = None):
-        """The loss on ``x1`` with given ``z`` and ``t`` (see :meth:`draw`), through ``field`` (default: the block's)."""
+    def loss_at(self, x1: torch.Tensor, z: torch.Tensor, t: torch.Tensor, field: Optional[VelocityField] = None,
+                cond: Optional[torch.Tensor] = None):
+        """The loss on ``x1`` with given ``z`` and ``t`` (see :meth:`draw`), through ``field`` (default:
+        the block's); ``cond``: the networks' conditioning input ``(B, cond_dim + 1)``."""
+        field = field or self.field
         t, xt, ut = self.matcher.sample_location_and_conditional_flow(z, x1, t)
-        return torch.mean(((field or self.field)(t, xt) - ut) ** 2)
+        field.cond = cond
+        try:
+            return torch.mean((field(t, xt) - ut) ** 2)
+        finally:
+            field.cond = None
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -143,6 +159,12 @@ class LocalFlowMatching(nn.Module):
             instead of U(0, 1).
         ode: default :class:`ODEOptions` (or solver name / dict) for sampling, encoding and the
             training pushforward; default ``ODEOptions()``: 16 RK4 steps per block.
+        cond_dim: make the model conditional on a vector ``cond`` ``(B, cond_dim)`` (e.g. an
+            observation embedding) that passes unchanged through every block; the OU chain acts
+            on ``x`` only. The networks are called ``net(t, x, c)`` with ``c`` of shape
+            ``(B, cond_dim + 1)``: the condition followed by a presence flag 1, or all zeros for
+            the null condition (condition dropout in :meth:`fit`, guidance in :meth:`decode`).
+            Default network: ``MLP(prod(shape), cond_features=cond_dim + 1)``.
 
     Raises:
         ValueError / TypeError: invalid shape, schedule or matcher, or a network whose output shape
@@ -158,10 +180,14 @@ class LocalFlowMatching(nn.Module):
         *,
         t_beta: Optional[tuple[float, float]] = None,
         ode: Union[ODEOptions, str, dict, None] = None,
+        cond_dim: Optional[int] = None,
     ):
         super().__init__()
         if not isinstance(schedule, OUSchedule):
             raise TypeError(f"schedule must be an OUSchedule, got {type(schedule).__name__}")
+        if cond_dim is not None and (isinstance(cond_dim, bool) or not isinstance(cond_dim, int) or cond_dim < 1):
+            raise ValueError(f"cond_dim must be a positive int or None, got {cond_dim!r}")
+        self.cond_dim = cond_dim
         self.shape = _as_shape(dim)
         self.schedule = schedule
         self.matcher = default_matcher() if matcher is None else matcher
@@ -197,19 +223,24 @@ class LocalFlowMatching(nn.Module):
 
     def _build_net(self, n: int) -> nn.Module:
         if self.velocity_factory is None:
-            net = MLP(self.dim)
+            net = MLP(self.dim, cond_features=0 if self.cond_dim is None else self.cond_dim + 1)
         else:
             net = self.velocity_factory(n)
         if not isinstance(net, nn.Module):
             raise TypeError(f"velocity_factory({n}) must return an nn.Module, got {type(net).__name__}")
         probe = torch.zeros(2, *self.shape, device=_device_of(net), dtype=next(net.parameters(), torch.zeros(())).dtype)
+        field = VelocityField(net)
+        if self.cond_dim is not None:
+            if not field.takes_time:
+                raise ValueError(f"velocity_factory({n}): a conditional model needs networks called as net(t, x, cond)")
+            field.cond = torch.zeros(2, self.cond_dim + 1, device=probe.device, dtype=probe.dtype)
         try:
             with torch.no_grad():
-                out = VelocityField(net)(torch.tensor(0.5), probe)
+                out = field(torch.tensor(0.5), probe)
         except Exception as err:
             raise ValueError(
                 f"velocity_factory({n}) built a network that fails on input of shape {tuple(probe.shape)} "
-                f"(t of shape (2,)): {err}"
+                f"(t of shape (2,){'' if self.cond_dim is None else f', cond of shape (2, {self.cond_dim + 1})'}): {err}"
             ) from err
         if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -258,6 +289,32 @@ class LocalFlowMatching(nn.Module):
             )
         return x
 
+    def _check_cond(self, cond, n: int, name: str = "cond") -> Optional[torch.Tensor]:
+        """``cond`` as a ``(n, cond_dim)`` float tensor (``None`` for an unconditional model)."""
+        if self.cond_dim is None:
+            if cond is not None:
+                raise ValueError(f"this model is unconditional (cond_dim=None) but got {name}; build it with cond_dim=...")
+            return None
+        if cond is None:
+            raise ValueError(f"this model is conditional (cond_dim={self.cond_dim}); pass {name} of shape (n, {self.cond_dim})")
+        if isinstance(cond, np.ndarray):
+            cond = torch.from_numpy(cond)
+        if not isinstance(cond, torch.Tensor) or not cond.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(cond, 'dtype', type(cond).__name__)}")
+        if cond.dim() < 1 or cond.shape[0] != n or cond[0].numel() != self.cond_dim:
+            raise ValueError(
+                f"{name} must have shape ({n}, {self.cond_dim}) (one row per sample), got {tuple(cond.shape)}"
+            )
+        if not torch.isfinite(cond).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+        return cond.reshape(n, self.cond_dim)
+
+    def _cond_input(self, cond: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The networks' conditioning ``(B, cond_dim + 1)``: condition and presence flag, zeroed where not ``keep``."""
+        flag = torch.ones(cond.shape[0], 1, dtype=cond.dtype, device=cond.device)
+        c = torch.cat([cond, flag], dim=1)
+        return c if keep is None else c * keep.to(c.dtype)[:, None]
+
     def _require_trained(self, what: str):
         if self.n_trained < self.n_blocks:
             raise RuntimeError(
@@ -286,12 +343,15 @@ class LocalFlowMatching(nn.Module):
         progress: Optional[str] = None,
         rows: Optional[tuple[int, int]] = None,
         nonfinite_error: Optional[str] = None,
+        cond: Optional[torch.Tensor] = None,
+        guidance: Optional[float] = None,
     ) -> tuple[torch.Tensor, list[float]]:
         """Carry ``x`` through ``blocks`` in order, chunk by chunk; returns (result, NFE per block).
 
         ``out`` may be ``x`` itself (in-place pushforward: no second copy of a large pool) or a
         :meth:`MemmapPool.target`. Only ``rows = (start, stop)`` are carried when given (a rank's
         shard). ``nonfinite_error``: raise ``FloatingPointError(nonfinite_error)`` on a NaN/Inf result.
+        ``cond``: ``(len(x), cond_dim)`` conditions of the rows; ``guidance``: CFG scale.
         """
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
@@ -308,9 +368,10 @@ class LocalFlowMatching(nn.Module):
                 for i in range(start, stop, chunk_size):
                     j = min(i + chunk_size, stop)
                     y = x[i:j].to(device, dtype)
+                    c = None if cond is None else self._cond_input(cond[i:j].to(device, dtype))
                     for k, n in enumerate(blocks):
                         field = self._fields[n - 1]
-                        field.nfe = 0
+                        field.nfe, field.cond, field.guidance = 0, c, guidance
                         t0, t1 = (0.0, 1.0) if to_data else (1.0, 0.0)
                         y = integrate(field, y, t0, t1, ode, self._node(n, ode))
                         nfe[k] += field.nfe / n_chunks
@@ -320,16 +381,23 @@ class LocalFlowMatching(nn.Module):
                     bar.update(1)
         finally:
             self.train(was_training)
+            for field in self._fields:
+                field.cond = field.guidance = None
         return out, nfe
 
     def _default_chunk(self) -> int:
         return max(256, 2**20 // self.dim)
 
-    def decode(self, z, *, ode=None, chunk_size: Optional[int] = None, blocks: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def decode(self, z, *, ode=None, chunk_size: Optional[int] = None, blocks: Optional[Sequence[int]] = None,
+               cond=None, guidance: Optional[float] = None) -> torch.Tensor:
         """Noise -> data: blocks N..1, each integrated from t = 0 to t = 1.
 
         Args:
             z: ``(B, *shape)`` noise samples.
+            cond: ``(B, cond_dim)`` conditions (conditional models only).
+            guidance: classifier-free guidance scale ``s``: the velocity is
+                ``v(null) + s (v(cond) - v(null))`` (``None`` or 1: plain conditional sampling;
+                meaningful for models fitted with ``cond_dropout > 0``).
             ode: :class:`ODEOptions`, solver name or dict overriding the model's default.
             chunk_size: samples integrated at once (bounds memory).
             blocks: run only these blocks (still from the highest to the lowest), e.g. ``[4, 3]``
@@ -339,27 +407,36 @@ class LocalFlowMatching(nn.Module):
             ``(B, *shape)`` data-side samples, dtype and device of ``z``. NFE in :attr:`last_stats`.
         """
         z = self._check_samples(z, "z")
-        return self._run(z, blocks, True, ode, chunk_size, "decode")
+        cond = self._check_cond(cond, z.shape[0])
+        if guidance is not None and (cond is None or not (isinstance(guidance, (int, float)) and math.isfinite(guidance))):
+            raise ValueError(f"guidance needs a conditional model and a finite scale, got {guidance!r}")
+        guidance = None if guidance in (None, 1, 1.0) else float(guidance)
+        return self._run(z, blocks, True, ode, chunk_size, "decode", cond, guidance)
 
-    def encode(self, x, *, ode=None, chunk_size: Optional[int] = None, blocks: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def encode(self, x, *, ode=None, chunk_size: Optional[int] = None, blocks: Optional[Sequence[int]] = None,
+               cond=None) -> torch.Tensor:
         """Data -> noise: blocks 1..N (or ``blocks``, lowest first), each integrated from t = 1 to t = 0.
 
-        The inverse of :meth:`decode`; same arguments.
+        The inverse of :meth:`decode` (without guidance); same arguments.
         """
         x = self._check_samples(x, "x")
-        return self._run(x, blocks, False, ode, chunk_size, "encode")
+        return self._run(x, blocks, False, ode, chunk_size, "encode", self._check_cond(cond, x.shape[0]))
 
     def sample(
-        self, n: int, *, ode=None, generator: Optional[torch.Generator] = None, chunk_size: Optional[int] = None
+        self, n: int, *, ode=None, generator: Optional[torch.Generator] = None, chunk_size: Optional[int] = None,
+        cond=None, guidance: Optional[float] = None,
     ) -> torch.Tensor:
-        """Draw ``n`` samples: ``z ~ N(0, I)`` (from ``generator`` if given), then :meth:`decode`."""
+        """Draw ``n`` samples: ``z ~ N(0, I)`` (from ``generator`` if given), then :meth:`decode`.
+
+        A conditional model takes ``cond`` ``(n, cond_dim)``: one sample per row.
+        """
         self._require_trained("sample")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         z = torch.randn((n, *self.shape), generator=generator, dtype=self.dtype)
-        return self.decode(z, ode=ode, chunk_size=chunk_size)
+        return self.decode(z, ode=ode, chunk_size=chunk_size, cond=cond, guidance=guidance)
 
-    def _run(self, x, blocks, to_data: bool, ode, chunk_size, what: str) -> torch.Tensor:
+    def _run(self, x, blocks, to_data: bool, ode, chunk_size, what: str, cond=None, guidance=None) -> torch.Tensor:
         if blocks is None:
             self._require_trained(what)
             blocks = range(1, self.n_blocks + 1)
@@ -372,7 +449,7 @@ class LocalFlowMatching(nn.Module):
         chunk_size = self._default_chunk() if chunk_size is None else chunk_size
         start = time.perf_counter()
         order = blocks[::-1] if to_data else blocks
-        out, nfe = self._transport(x, order, to_data, ode, chunk_size)
+        out, nfe = self._transport(x, order, to_data, ode, chunk_size, cond=cond, guidance=guidance)
         if to_data:  # report in ascending block order
             nfe = nfe[::-1]
         self.last_stats = IntegrationStats(tuple(blocks), tuple(nfe), time.perf_counter() - start)
@@ -387,6 +464,7 @@ class LocalFlowMatching(nn.Module):
         estimator: str = "exact",
         chunk_size: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        cond=None,
     ) -> LogProbTerms:
         r"""Per-block terms of the log-density (paper eq. 26), in one pass over the blocks.
 
@@ -403,6 +481,7 @@ class LocalFlowMatching(nn.Module):
                 per sample and block, unbiased; for large dimensions).
             chunk_size: samples per integration.
             generator: random source of the Hutchinson probes.
+            cond: ``(B, cond_dim)`` conditions (conditional models): the result is ``log p(x | cond)``.
 
         Returns:
             :class:`LogProbTerms` (``log_prob`` ``(B,)`` in nats, ``prior`` ``(B,)``, ``divergence``
@@ -412,6 +491,7 @@ class LocalFlowMatching(nn.Module):
 
         self._require_trained("evaluate log_prob")
         x = self._check_samples(x, "x")
+        cond = self._check_cond(cond, x.shape[0])
         ode = ODEOptions.coerce(ode, self.ode)
         chunk_size = max(1, self._default_chunk() // 8) if chunk_size is None else chunk_size
         if chunk_size < 1:
@@ -426,7 +506,9 @@ class LocalFlowMatching(nn.Module):
         try:
             for i in range(0, x.shape[0], chunk_size):
                 y = x[i : i + chunk_size].to(device, dtype)
+                c = None if cond is None else self._cond_input(cond[i : i + chunk_size].to(device, dtype))
                 for n in range(1, self.n_blocks + 1):
+                    self._fields[n - 1].cond = c
                     res = flow_divergence(self._fields[n - 1], y, t0=1.0, t1=0.0, options=ode,
                                           estimator=estimator, generator=generator)
                     y = res.x
@@ -435,6 +517,8 @@ class LocalFlowMatching(nn.Module):
                 prior[i : i + chunk_size] = standard_normal_log_prob(y.double()).cpu()
         finally:
             self.train(was_training)
+            for field in self._fields:
+                field.cond = None
         return LogProbTerms(prior + div.sum(0), prior, div, tuple(nfe))
 
     def log_prob(self, x, **kwargs) -> torch.Tensor:
@@ -451,6 +535,7 @@ class LocalFlowMatching(nn.Module):
         warm_start: bool = False,
         progress: bool = True,
         pool_dir: Union[str, Path, None] = None,
+        cond=None,
     ) -> Iterator[BlockTrainer]:
         """Block-wise training with your own loop: yields one :class:`BlockTrainer` per block.
 
@@ -464,6 +549,9 @@ class LocalFlowMatching(nn.Module):
                 for _ in range(1000):
                     opt.zero_grad(); block.loss(block.data(256)).backward(); opt.step()
 
+        A conditional model takes ``cond`` ``(n, cond_dim)`` aligned with ``x``; draw batches with
+        ``x1, c = block.batch(256)`` and pass ``block.loss(x1, cond=c)``.
+
         ``pool_dir`` keeps the pool in memory-mapped files (see :meth:`fit`). In a running
         ``torch.distributed`` process group the pushforward is sharded over the ranks; the
         training loop (and wrapping ``block.model`` in ``DistributedDataParallel``) is yours.
@@ -471,19 +559,30 @@ class LocalFlowMatching(nn.Module):
         ode = ODEOptions.coerce(pushforward_ode, PUSHFORWARD_ODE)
         chunk_size = self._default_chunk() if chunk_size is None else chunk_size
         dist = dist_context(self.device, init=False)
-        pool = self._initial_pool(x, ode, chunk_size, pool_dir, dist)
+        x = self._check_samples(x, "training data", min_count=2)
+        cond = self._check_training_cond(cond, x.shape[0])
+        pool = self._initial_pool(x, ode, chunk_size, pool_dir, dist, cond=cond)
         for n in range(self.n_trained + 1, self.n_blocks + 1):
             if warm_start and n > 1:
                 self._warm_start(n)
             self.nets[n - 1].train()
-            yield self._trainer(n, pool)
+            yield self._trainer(n, pool, cond)
             self.n_trained = n
             if n < self.n_blocks:
-                self._push_pool(n, pool, ode, chunk_size, progress, stats=False, dist=dist)
+                self._push_pool(n, pool, ode, chunk_size, progress, stats=False, dist=dist, cond=cond)
+
+    def _check_training_cond(self, cond, n: int) -> Optional[torch.Tensor]:
+        cond = self._check_cond(cond, n)
+        if cond is not None and getattr(self.matcher, "ot_sampler", None) is not None:
+            raise ValueError(
+                f"{type(self.matcher).__name__} re-pairs samples within a batch, which would separate actions "
+                "from their conditions; use a matcher without minibatch OT for a conditional model"
+            )
+        return None if cond is None else cond.to(self.dtype)
 
     def _initial_pool(
         self, x, ode: ODEOptions, chunk_size: int, pool_dir=None, dist: DistContext = DistContext(),
-        fingerprint: Optional[list] = None, run_id: Optional[str] = None,
+        fingerprint: Optional[list] = None, run_id: Optional[str] = None, cond: Optional[torch.Tensor] = None,
     ):
         """The training data pushed through the blocks already trained: a private tensor copy of
         ``x``, or a :class:`MemmapPool` in ``pool_dir`` (reused when it holds ``x``, or ``x`` pushed
@@ -496,7 +595,7 @@ class LocalFlowMatching(nn.Module):
             pool = self._memmap_pool(Path(pool_dir), x, chunk_size, dist, fingerprint or _fingerprint(x), run_id)
             done = pool.after_block
         for n in range(done + 1, self.n_trained + 1):  # block by block, as during training: same chunks, same result
-            self._push_pool(n, pool, ode, chunk_size, progress=False, stats=False, dist=dist)
+            self._push_pool(n, pool, ode, chunk_size, progress=False, stats=False, dist=dist, cond=cond)
         return pool
 
     def _memmap_pool(self, pool_dir: Path, x: torch.Tensor, chunk_size: int, dist: DistContext,
@@ -553,14 +652,15 @@ class LocalFlowMatching(nn.Module):
         else:
             dist.share_rows(pool, chunk_size)
 
-    def _trainer(self, n: int, pool: torch.Tensor) -> BlockTrainer:
-        return BlockTrainer(n, self.schedule.step(n), self.nets[n - 1], self._fields[n - 1], self.block_matcher(n), pool)
+    def _trainer(self, n: int, pool, cond: Optional[torch.Tensor] = None) -> BlockTrainer:
+        return BlockTrainer(n, self.schedule.step(n), self.nets[n - 1], self._fields[n - 1], self.block_matcher(n), pool,
+                            cond, self._cond_input)
 
     def _warm_start(self, n: int):
         self.nets[n - 1].load_state_dict(self.nets[n - 2].state_dict())
 
     def _push_pool(self, n: int, pool, ode: ODEOptions, chunk_size: int, progress: bool,
-                   stats: bool = True, dist: DistContext = DistContext()):
+                   stats: bool = True, dist: DistContext = DistContext(), cond: Optional[torch.Tensor] = None):
         """Push ``pool`` through block ``n`` (in place, or into a memory-mapped pool's other buffer),
         each rank its shard; returns (seconds, NFE, PoolStats or None)."""
         start = time.perf_counter()
@@ -569,7 +669,7 @@ class LocalFlowMatching(nn.Module):
         _, nfe = self._transport(
             pool, [n], False, ode, chunk_size, out=out, progress=desc, rows=shard(pool.shape[0], dist.rank, dist.world),
             nonfinite_error=f"pushing the pool through block {n} produced NaN/Inf; the block's training diverged "
-            "(lower the learning rate or the step size h)",
+            "(lower the learning rate or the step size h)", cond=cond,
         )
         self._commit(pool, n, chunk_size, dist)
         summary = dist.broadcast_object(pool_stats(pool) if stats and dist.is_main else None)
@@ -606,6 +706,8 @@ class LocalFlowMatching(nn.Module):
         progress: bool = True,
         callback: Optional[Callable[[int, int, float], None]] = None,
         pool_dir: Union[str, Path, None] = None,
+        cond=None,
+        cond_dropout: float = 0.0,
     ) -> FitReport:
         """Train all blocks in order (Algorithm 1 of the paper).
 
@@ -647,6 +749,10 @@ class LocalFlowMatching(nn.Module):
             pool_dir: keep the pool in memory-mapped files in this directory (new, empty, or an
                 earlier pool) instead of memory; peak memory of the pushforward is then bounded by
                 ``chunk_size`` (:mod:`torchcfm_local.pool`). A resumed run reuses the pool there.
+            cond: conditions ``(n, cond_dim)``, one per row of ``x`` (conditional models only);
+                they stay attached to their rows through every block.
+            cond_dropout: probability of replacing a training row's condition by the null
+                condition, which enables classifier-free guidance at sampling time.
 
         Returns:
             :class:`FitReport` with one :class:`BlockReport` per block trained by this call.
@@ -660,6 +766,11 @@ class LocalFlowMatching(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if pool_dir is not None:
             MemmapPool.check_dir(pool_dir)
+        cond = self._check_training_cond(cond, x.shape[0])
+        if not (isinstance(cond_dropout, (int, float)) and 0 <= cond_dropout < 1):
+            raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout!r}")
+        if cond_dropout and cond is None:
+            raise ValueError("cond_dropout needs a conditional model and cond")
         if batch_size > x.shape[0]:
             raise ValueError(
                 f"batch_size={batch_size} exceeds the {x.shape[0]} training samples; use batch_size <= {x.shape[0]}"
@@ -685,10 +796,10 @@ class LocalFlowMatching(nn.Module):
             "batches_per_block": per_block, "batch_size": batch_size, "lr": float(lr), "lr_decay": lr_decay,
             "weight_decay": float(weight_decay), "grad_clip": grad_clip, "warm_start": warm_start,
             "chunk_size": chunk_size, "pushforward_ode": [ode.solver, ode.atol, ode.rtol, ode.steps],
-            "world_size": dist.world,
+            "world_size": dist.world, "cond_dropout": float(cond_dropout),
         }
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        fingerprint = _fingerprint(x)
+        fingerprint = _fingerprint(x) + ([] if cond is None else _fingerprint(cond))
         self._check_ranks_agree(dist, {"training data": fingerprint, "settings": hyper,
                                        "trained blocks": self.n_trained, "resume": resume})
         gen_idx = torch.Generator().manual_seed(seed)
@@ -714,7 +825,7 @@ class LocalFlowMatching(nn.Module):
                 f"{self.n_trained} block(s) are already trained; call fit(..., resume=True) to train the rest"
             )
         if pool is None:
-            pool = self._initial_pool(x, ode, chunk_size, pool_dir, dist, fingerprint, run_id)
+            pool = self._initial_pool(x, ode, chunk_size, pool_dir, dist, fingerprint, run_id, cond)
 
         def save_run():  # finished blocks + what a resume needs to continue identically (rank 0 only)
             if dist.is_main:
@@ -728,7 +839,7 @@ class LocalFlowMatching(nn.Module):
         # this rank's rows of every batch: all ranks draw the whole batch alike and take their share
         lo, hi = shard(batch_size, dist.rank, dist.world)
         for n in range(self.n_trained + 1, self.n_blocks + 1):
-            trainer = self._trainer(n, pool)
+            trainer = self._trainer(n, pool, cond)
             net = trainer.model
             params = list(net.parameters())
             opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0
@@ -762,7 +873,13 @@ class LocalFlowMatching(nn.Module):
                     idx = torch.randint(0, pool.shape[0], (batch_size,), generator=gen_idx)
                     x1 = pool[idx[lo:hi]].to(device)
                     z, t = trainer.draw(batch_size, x1, gen_noise)
-                    loss = trainer.loss_at(x1, z[lo:hi], t[lo:hi], field)
+                    c = None
+                    if cond is not None:
+                        keep = None
+                        if cond_dropout:
+                            keep = torch.rand(batch_size, generator=gen_noise, device=device)[lo:hi] >= cond_dropout
+                        c = self._cond_input(cond[idx[lo:hi]].to(device), keep)
+                    loss = trainer.loss_at(x1, z[lo:hi], t[lo:hi], field, cond=c)
                     loss_value = dist.mean(loss.detach()).item()
                     if not math.isfinite(loss_value):
                         raise FloatingPointError(
@@ -796,7 +913,7 @@ class LocalFlowMatching(nn.Module):
             report = BlockReport(n, self.schedule.step(n), step, losses, train_seconds, resumed_from=resumed_from)
             if n < self.n_blocks or encode_final_pool:
                 report.pushforward_seconds, report.pushforward_nfe, report.pool = self._push_pool(
-                    n, pool, ode, chunk_size, progress, dist=dist
+                    n, pool, ode, chunk_size, progress, dist=dist, cond=cond
                 )
             reports.append(report)
             if ckpt is not None and dist.is_main:
@@ -844,6 +961,7 @@ class LocalFlowMatching(nn.Module):
                 "sigma": float(getattr(self.matcher, "sigma", 0.0)),
             },
             "t_beta": list(self.t_beta) if self.t_beta else None,
+            "cond_dim": self.cond_dim,
             "ode": {"solver": self.ode.solver, "atol": self.ode.atol, "rtol": self.ode.rtol, "steps": self.ode.steps},
             "nets": [network_spec(net) for net in self.nets],
             "weights": [net.state_dict() for net in self.nets],
@@ -900,7 +1018,7 @@ class LocalFlowMatching(nn.Module):
                 return NETWORKS[spec["type"]](**spec["config"])
 
         model = cls(shape, OUSchedule.from_steps(steps), matcher, velocity_factory,
-                    t_beta=state.get("t_beta"), ode=ODEOptions(**ode))
+                    t_beta=state.get("t_beta"), ode=ODEOptions(**ode), cond_dim=state.get("cond_dim"))
         if len(weights) != model.n_blocks:
             raise CheckpointError(f"{path} holds {len(weights)} blocks but its schedule has {model.n_blocks}")
         for n, (net, sd) in enumerate(zip(model.nets, weights), 1):
@@ -915,17 +1033,17 @@ class LocalFlowMatching(nn.Module):
     def _restore_run(self, ckpt: Path, hyper: dict, fingerprint: list) -> dict:
         """Load finished blocks from ``ckpt/model.pt`` into this model; return the run's fit state."""
         saved = LocalFlowMatching.load(ckpt / _MODEL_FILE, velocity_factory=self.velocity_factory, matcher=self.matcher)
-        if saved.shape != self.shape or saved.schedule != self.schedule:
+        if saved.shape != self.shape or saved.schedule != self.schedule or saved.cond_dim != self.cond_dim:
             raise ValueError(
-                f"{ckpt} holds a run of shape {saved.shape} with {saved.schedule!r}; this model has shape "
-                f"{self.shape} with {self.schedule!r}"
+                f"{ckpt} holds a run of shape {saved.shape}, cond_dim {saved.cond_dim} with {saved.schedule!r}; "
+                f"this model has shape {self.shape}, cond_dim {self.cond_dim} with {self.schedule!r}"
             )
         state = saved._fit_state
         if not state:
             raise CheckpointError(f"{ckpt / _MODEL_FILE} is a saved model, not a fit checkpoint")
         if not np.allclose(state["fingerprint"], fingerprint, rtol=1e-9, atol=1e-6):
             raise ValueError(f"{ckpt} was trained on other data (different size or values); resume with the same x")
-        saved_hyper = {"world_size": 1, **state["hyper"]}  # files from before distributed training
+        saved_hyper = {"world_size": 1, "cond_dropout": 0.0, **state["hyper"]}  # files from older versions
         changed = sorted(k for k in hyper if saved_hyper.get(k) != hyper[k])
         if changed:
             diffs = ", ".join(f"{k}: {saved_hyper.get(k)!r} -> {hyper[k]!r}" for k in changed)
@@ -957,5 +1075,5 @@ class LocalFlowMatching(nn.Module):
         return state if state["block"] == self.n_trained + 1 else None
 
     def extra_repr(self) -> str:
-        return (f"shape={self.shape}, blocks={self.n_blocks} ({self.n_trained} trained), "
+        return (f"shape={self.shape}, cond_dim={self.cond_dim}, blocks={self.n_blocks} ({self.n_trained} trained), "
                 f"matcher={type(self.matcher).__name__}, ode={self.ode.solver}")

@@ -30,32 +30,45 @@ class MLP(nn.Module):
         depth: number of hidden layers (>= 1).
         n_freq: number of Fourier frequencies of the time input (0: raw ``t`` only).
         activation: one of ``silu``, ``selu``, ``relu``, ``tanh``, ``elu``.
+        cond_features: width of a conditioning input ``cond`` ``(B, cond_features)``
+            concatenated to the input (0: unconditional). A conditional
+            :class:`~torchcfm_local.LocalFlowMatching` passes ``cond_dim + 1`` features.
     """
 
-    def __init__(self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 4, activation: str = "silu"):
+    def __init__(self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 4, activation: str = "silu",
+                 cond_features: int = 0):
         super().__init__()
-        for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("n_freq", n_freq, 0)):
+        for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("n_freq", n_freq, 0),
+                                 ("cond_features", cond_features, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"MLP {name} must be an int >= {low}, got {value!r}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(_ACTIVATIONS)}")
         self.config = {"dim": dim, "width": width, "depth": depth, "n_freq": n_freq, "activation": activation}
+        if cond_features:
+            self.config["cond_features"] = cond_features
+        self.cond_features = cond_features
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float32), persistent=False)
         layers: list[nn.Module] = []
-        fan_in = dim + 1 + 2 * n_freq
+        fan_in = dim + 1 + 2 * n_freq + cond_features
         for _ in range(depth):
             layers += [nn.Linear(fan_in, width), _ACTIVATIONS[activation]()]
             fan_in = width
         layers.append(nn.Linear(fan_in, dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``t``: ``(B,)`` or scalar; ``x``: ``(B, *shape)`` with ``prod(shape) == dim``."""
+    def forward(self, t: torch.Tensor, x: torch.Tensor, cond: "torch.Tensor | None" = None) -> torch.Tensor:
+        """``t``: ``(B,)`` or scalar; ``x``: ``(B, *shape)`` with ``prod(shape) == dim``;
+        ``cond``: ``(B, cond_features)`` for a conditional network, else ``None``."""
         flat = x.reshape(x.shape[0], -1)
         t = torch.as_tensor(t, dtype=flat.dtype, device=flat.device).reshape(-1, 1).expand(flat.shape[0], 1)
         angles = t * self.freqs.to(flat.dtype)
-        feats = torch.cat([flat, t, torch.sin(angles), torch.cos(angles)], dim=-1)
-        return self.net(feats).reshape(x.shape)
+        parts = [flat, t, torch.sin(angles), torch.cos(angles)]
+        if (cond is None) != (self.cond_features == 0):
+            raise ValueError(f"this MLP takes cond_features={self.cond_features}; got cond={None if cond is None else tuple(cond.shape)}")
+        if cond is not None:
+            parts.append(cond.reshape(flat.shape[0], -1).to(flat.dtype))
+        return self.net(torch.cat(parts, dim=-1)).reshape(x.shape)
 
 
 #: Networks a checkpoint can rebuild from their ``config`` (type name -> class).

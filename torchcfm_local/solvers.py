@@ -162,8 +162,13 @@ class VelocityField(nn.Module):
         net: the velocity network.
         takes_time: force the convention (``True``: ``net(t, x)``) instead of reading the
             signature, e.g. for a wrapper such as ``DistributedDataParallel(net)``.
-        cond: optional conditioning tensor ``(B, ...)`` passed as a third argument
-            ``net(t, x, cond)``; set the attribute before each integration.
+
+    Attributes:
+        cond: conditioning ``(B, ...)`` passed as a third argument ``net(t, x, cond)``; set it
+            before each integration (``None``: unconditional call).
+        guidance: classifier-free guidance scale ``s`` (``None``: off). With ``cond`` set, returns
+            ``v(null) + s * (v(cond) - v(null))``, the null conditioning being all zeros; both
+            are evaluated in one network call on a doubled batch.
     """
 
     def __init__(self, net: nn.Module, takes_time: Optional[bool] = None):
@@ -172,6 +177,7 @@ class VelocityField(nn.Module):
         self.takes_time = _takes_time(net) if takes_time is None else bool(takes_time)
         self.nfe = 0
         self.cond: Optional[torch.Tensor] = None
+        self.guidance: Optional[float] = None
 
     def forward(self, t: torch.Tensor, x: torch.Tensor, args=None) -> torch.Tensor:
         self.nfe += 1
@@ -180,9 +186,13 @@ class VelocityField(nn.Module):
             t = t.expand(x.shape[0])
         if not self.takes_time:
             return self.net(torch.cat([x, t[:, None]], dim=-1))
-        if self.cond is not None:
+        if self.cond is None:
+            return self.net(t, x)
+        if self.guidance is None:
             return self.net(t, x, self.cond)
-        return self.net(t, x)
+        both = self.net(torch.cat([t, t]), torch.cat([x, x]), torch.cat([self.cond, torch.zeros_like(self.cond)]))
+        v_cond, v_null = both.chunk(2)
+        return v_null + self.guidance * (v_cond - v_null)
 
 
 def integrate(
