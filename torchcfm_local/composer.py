@@ -993,7 +993,13 @@ class LocalFlowMatching(nn.Module):
             FileNotFoundError: no file.
             CheckpointError (a ValueError): corrupt/foreign/newer file, or weights that do not fit.
         """
-        state = safe_load(path, "model", map_location)
+        return cls.from_state(safe_load(path, "model", map_location), velocity_factory=velocity_factory,
+                              matcher=matcher, source=str(path))
+
+    @classmethod
+    def from_state(cls, state: dict, *, velocity_factory=None, matcher=None, source: str = "the state") -> "LocalFlowMatching":
+        """A model from the dict that :meth:`save` writes (e.g. embedded in a larger checkpoint)."""
+        path = source
         try:
             shape, steps, specs = tuple(state["shape"]), state["schedule"], state["nets"]
             weights, n_trained = state["weights"], int(state["n_trained"])

@@ -1,0 +1,161 @@
+"""Policies on the toy point task: demos, windows, normalization, training, rollouts, files, bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import torchcfm_local as tl
+from torchcfm_local.policy import (Demos, FlowPolicy, Normalizer, RegressionPolicy, collect_demos, evaluate,
+                                   load_demos, load_policy, make_env, save_demos)
+from torchcfm_local.policy.cli import build_policy, main as cli_main
+from torchcfm_local.policy.demos import windows
+
+
+@pytest.fixture(scope="module")
+def demos():
+    return collect_demos("point", 200, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(demos):
+    torch.manual_seed(0)
+    flow = FlowPolicy(demos.obs_dims, 2, schedule=tl.OUSchedule.global_flow(), network="mlp",
+                      network_config={"width": 128})
+    flow.fit(demos, epochs=100, lr=1e-3, seed=0, progress=False)
+    reg = RegressionPolicy(demos.obs_dims, 2, width=128)
+    reg.fit(demos, epochs=50, seed=0, progress=False)
+    return flow, reg
+
+
+def test_expert_is_bimodal_and_always_succeeds(demos):
+    assert demos.meta["expert_success_rate"] == 1.0 and demos.n_episodes == 200
+    # the lateral position halfway up tells the side: both sides are used about equally
+    sides = []
+    for start, stop in demos.episodes():
+        y = demos.obs["pos"][start:stop]
+        sides.append(np.sign(y[np.argmin(np.abs(y[:, 1])), 0]))
+    assert 0.35 < np.mean(np.array(sides) > 0) < 0.65
+
+
+def test_generative_policy_beats_regression(trained):
+    flow, reg = trained
+    flow_rate = evaluate(flow, "point", 100, seed=1).success_rate
+    reg_rate = evaluate(reg, "point", 100, seed=1).success_rate
+    assert reg_rate <= 0.2, reg_rate  # it averages left and right and drives into the obstacle (measured 0.0)
+    assert flow_rate >= 0.6, flow_rate  # measured 0.85
+
+
+def test_rollout_trace_shows_both_modes(trained):
+    report = evaluate(trained[0], "point", 60, seed=2, record=True)
+    pos = report.trace["pos"]  # (steps + 1, n, 2)
+    x_mid = pos[np.argmin(np.abs(pos[..., 1] - 0.0), axis=0), np.arange(pos.shape[1]), 0]
+    assert (x_mid > 0.3).sum() >= 5 and (x_mid < -0.3).sum() >= 5
+    assert len(report.chunk_seconds) == len(report.chunk_batch) and report.seconds_per_chunk > 0
+
+
+def test_windows_follow_diffusion_policy_padding():
+    obs = np.arange(5, dtype=np.float32)[:, None]
+    act = 10 + np.arange(5, dtype=np.float32)[:, None]
+    d = Demos({"o": obs}, act, [3, 5])
+    ow, aw = windows(d, ["o"], n_obs_steps=2, horizon=4)
+    assert ow.shape == (5, 2, 1) and aw.shape == (5, 4, 1)
+    assert ow[0, :, 0].tolist() == [0, 0] and ow[1, :, 0].tolist() == [0, 1]  # first step repeated
+    assert aw[2, :, 0].tolist() == [11, 12, 12, 12]  # last step of episode 1 repeated, episode 2 not used
+    assert ow[3, :, 0].tolist() == [3, 3] and aw[3, :, 0].tolist() == [13, 13, 14, 14]
+
+
+def test_normalizer_round_trip_and_constant_features():
+    torch.manual_seed(0)
+    data = torch.cat([torch.randn(100, 3) * 5 + 2, torch.full((100, 1), 7.0)], dim=1)
+    norm = Normalizer.fit(data)
+    y = norm.normalize(data)
+    assert y[:, :3].min() >= -1 - 1e-6 and y[:, :3].max() <= 1 + 1e-6
+    assert torch.allclose(y[:, :3].amin(0), torch.full((3,), -1.0)) and torch.all(y[:, 3] == 0)
+    assert torch.allclose(norm.unnormalize(y), data, atol=1e-5)
+    again = Normalizer.from_state(norm.state_dict())
+    assert torch.equal(again.normalize(data), y)
+    with pytest.raises(ValueError, match="last axis"):
+        norm.normalize(torch.zeros(2, 3))
+
+
+def test_policy_file_round_trip(trained, tmp_path):
+    flow, reg = trained
+    obs = {"pos": torch.randn(7, 2, 2) * 0.3}
+    for policy in (flow, reg):
+        policy.save(tmp_path / "p.pt")
+        again = load_policy(tmp_path / "p.pt")
+        a = policy.predict_action(obs, generator=torch.Generator().manual_seed(3))
+        b = again.predict_action(obs, generator=torch.Generator().manual_seed(3))
+        assert a["action"].shape == (7, 8, 2) and a["action_pred"].shape == (7, 16, 2)
+        assert torch.equal(a["action"], b["action"])
+        assert torch.equal(a["action"], a["action_pred"][:, 1:9])  # executed: steps To-1 .. To-1+Ta
+
+
+def test_demo_file_round_trip_and_bad_files(demos, tmp_path):
+    path = save_demos(tmp_path / "d.npz", demos)
+    again = load_demos(path)
+    assert np.array_equal(again.action, demos.action) and np.array_equal(again.episode_ends, demos.episode_ends)
+    assert again.meta == demos.meta and np.array_equal(again.obs["pos"], demos.obs["pos"])
+    with pytest.raises(FileNotFoundError, match="lfm-policy demos"):
+        load_demos(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a torchcfm_local demo file"):
+        load_demos(tmp_path / "other.npz")
+    with np.load(path) as data:
+        contents = {k: data[k] for k in data.files}
+    np.savez(tmp_path / "newer.npz", **{**contents, "version": np.array(99)})
+    with pytest.raises(ValueError, match="version 99"):
+        load_demos(tmp_path / "newer.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_demos(tmp_path / "junk.npz")
+    with pytest.raises(ValueError, match="episode_ends"):
+        Demos({"o": np.zeros((4, 1))}, np.zeros((4, 1)), [2, 3])
+
+
+def test_policy_bad_input(trained, demos):
+    flow = trained[0]
+    good = np.zeros((3, 2, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"lacks keys \['pos'\]"):
+        flow.predict_action({"position": good})
+    with pytest.raises(ValueError, match=r"shape \(B, 2, 2\)"):
+        flow.predict_action({"pos": np.zeros((3, 3, 2))})  # wrong observation horizon
+    with pytest.raises(ValueError, match=r"shape \(B, 2, 2\)"):
+        flow.predict_action({"pos": np.zeros((3, 2, 5))})  # wrong observation dim
+    with pytest.raises(ValueError, match="NaN"):
+        flow.predict_action({"pos": np.full((3, 2, 2), np.nan)})
+    with pytest.raises(TypeError, match="dict"):
+        flow.predict_action(good)
+    with pytest.raises(RuntimeError, match="not trained"):
+        FlowPolicy({"pos": 2}, 2, network="mlp").predict_action({"pos": good})
+    with pytest.raises(ValueError, match="action_dim=3"):
+        FlowPolicy({"pos": 2}, 3, network="mlp").fit(demos, epochs=1)
+    with pytest.raises(ValueError, match="lack observation key 'vel'"):
+        FlowPolicy({"vel": 2}, 2, network="mlp").fit(demos, epochs=1)
+    with pytest.raises(ValueError, match="horizon=4 must cover"):
+        FlowPolicy({"pos": 2}, 2, horizon=4, n_action_steps=8)
+    with pytest.raises(ValueError, match="unknown task 'lift2'"):
+        make_env("lift2")
+    with pytest.raises(ValueError, match="shape"):
+        env = make_env("point")
+        env.reset(4)
+        env.step(np.zeros((4, 3)))
+
+
+def test_global_policy_gets_lfm_parameter_count(demos):
+    lfm = build_policy("lfm", demos.obs_dims, 2, "mlp", 64)
+    glob = build_policy("global", demos.obs_dims, 2, "mlp", 64)
+    assert glob.flow.n_blocks == 1 and lfm.flow.n_blocks == 4
+    assert abs(glob.n_parameters() - lfm.n_parameters()) / lfm.n_parameters() < 0.01
+    # equal sampling cost: 16 RK4 steps over all blocks
+    assert glob.ode.steps * glob.flow.n_blocks == lfm.ode.steps * lfm.flow.n_blocks == 16
+
+
+def test_cli_three_commands(tmp_path, capsys):
+    d, p = str(tmp_path / "d.npz"), str(tmp_path / "p.pt")
+    assert cli_main(["demos", "--task", "point", "--episodes", "20", "--out", d]) == 0
+    assert cli_main(["train", "--demos", d, "--method", "lfm", "--epochs", "2", "--width", "32", "--out", p]) == 0
+    assert cli_main(["eval", "--task", "point", "--policy", p, "--episodes", "5"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert lines[0]["episodes_kept"] == 20 and lines[1]["method"] == "lfm" and 0 <= lines[2]["success_rate"] <= 1

@@ -1,0 +1,16 @@
+"""Action-chunk policies: conditional flow matching (global or LFM) on observation windows.
+
+* :class:`FlowPolicy` with ``predict_action(obs_dict) -> {"action": (B, Ta, Da), ...}``;
+* :class:`RegressionPolicy`, the same interface with a plain MSE regressor (a baseline);
+* :mod:`.demos`: the demonstration file format and windowing;
+* :mod:`.tasks`: environments with scripted experts (``point``: a pure-numpy toy task);
+* :func:`evaluate`: batched rollouts with success rate and per-chunk latency.
+"""
+from .demos import Demos, load_demos, save_demos
+from .normalizer import Normalizer
+from .policy import FlowPolicy, RegressionPolicy, load_policy
+from .rollout import RolloutReport, evaluate
+from .tasks import TASKS, make_env, collect_demos
+
+__all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "Normalizer", "Demos", "load_demos", "save_demos", "evaluate",
+           "RolloutReport", "TASKS", "make_env", "collect_demos"]

@@ -1,0 +1,283 @@
+"""Action-chunk policies in the Diffusion Policy / LeRobot style.
+
+A policy sees the last ``n_obs_steps`` (To) observations and predicts ``horizon`` (H) actions,
+of which ``n_action_steps`` (Ta) are executed:
+``predict_action(obs_dict) -> {"action": (B, Ta, Da), "action_pred": (B, H, Da)}`` with
+``obs_dict[key]`` of shape ``(B, To, D_key)``. Observations and actions are normalized per
+dimension to [-1, 1] by ranges fitted on the demos (saved with the policy).
+
+* :class:`FlowPolicy`: conditional flow matching on the normalized action chunk given the
+  flattened normalized observation window; ``schedule=OUSchedule.global_flow()`` gives the global
+  flow, any other schedule LFM. The condition passes unchanged through every block.
+* :class:`RegressionPolicy`: an MLP trained with MSE on the same windows, a unimodal baseline.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_save, header, safe_load
+from ..composer import LocalFlowMatching
+from ..networks import MLP, NETWORKS
+from ..reports import FitReport
+from ..schedule import OUSchedule
+from ..solvers import ODEOptions
+from .demos import Demos, windows
+from .normalizer import Normalizer
+from .unet1d import ConditionalUnet1D
+
+__all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "DEFAULT_LFM_SCHEDULE"]
+
+NETWORKS.setdefault("ConditionalUnet1D", ConditionalUnet1D)
+
+#: LFM schedule of a policy when none is given. The paper does not list its robotics schedule;
+#: these are its CIFAR-10 values (h0 = 0.3, rho = 1.1, N = 4).
+DEFAULT_LFM_SCHEDULE = OUSchedule(h0=0.3, rho=1.1, n_blocks=4)
+#: RK4 steps of a policy's sampling ODE summed over its blocks (each block gets ``ceil(16 / N)``),
+#: so that global and LFM policies sample at (about) equal cost: 64 network evaluations per chunk.
+POLICY_RK4_STEPS = 16
+
+
+class _ChunkPolicy(nn.Module):
+    """What both policies share: observation checks, normalizers, windows, save/load."""
+
+    kind = ""
+
+    def __init__(self, obs_dims: dict, action_dim: int, n_obs_steps: int = 2, horizon: int = 16,
+                 n_action_steps: int = 8):
+        super().__init__()
+        if not obs_dims or any(not isinstance(d, int) or d < 1 for d in obs_dims.values()):
+            raise ValueError(f"obs_dims must map observation keys to positive ints, got {obs_dims!r}")
+        for name, value in (("action_dim", action_dim), ("n_obs_steps", n_obs_steps), ("horizon", horizon),
+                            ("n_action_steps", n_action_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if n_obs_steps - 1 + n_action_steps > horizon:
+            raise ValueError(
+                f"horizon={horizon} must cover n_obs_steps - 1 + n_action_steps = {n_obs_steps - 1 + n_action_steps}"
+            )
+        self.obs_dims = dict(obs_dims)
+        self.action_dim, self.n_obs_steps, self.horizon, self.n_action_steps = action_dim, n_obs_steps, horizon, n_action_steps
+        self.obs_normalizer: Optional[Normalizer] = None
+        self.action_normalizer: Optional[Normalizer] = None
+
+    @property
+    def cond_dim(self) -> int:
+        return self.n_obs_steps * sum(self.obs_dims.values())
+
+    def _base_config(self) -> dict:
+        return {"obs_dims": self.obs_dims, "action_dim": self.action_dim, "n_obs_steps": self.n_obs_steps,
+                "horizon": self.horizon, "n_action_steps": self.n_action_steps}
+
+    # ------------------------------------------------------------------ data
+    def _training_data(self, demos: Demos) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized ``(cond (N, To * Dobs), actions (N, H, Da))``; fits the normalizers."""
+        if demos.action.shape[1] != self.action_dim:
+            raise ValueError(f"the demos' actions have {demos.action.shape[1]} dims; this policy has action_dim={self.action_dim}")
+        for key, dim in self.obs_dims.items():
+            if key not in demos.obs:
+                raise ValueError(f"the demos lack observation key {key!r}; they have {sorted(demos.obs)}")
+            if demos.obs[key].shape[1] != dim:
+                raise ValueError(f"demo observation {key!r} has {demos.obs[key].shape[1]} dims; the policy expects {dim}")
+        keys = list(self.obs_dims)
+        self.obs_normalizer = Normalizer.fit(torch.from_numpy(np.concatenate([demos.obs[k] for k in keys], axis=1)))
+        self.action_normalizer = Normalizer.fit(torch.from_numpy(demos.action))
+        obs_w, act_w = windows(demos, keys, self.n_obs_steps, self.horizon)
+        cond = self.obs_normalizer.normalize(obs_w).reshape(obs_w.shape[0], -1)
+        return cond.float(), self.action_normalizer.normalize(act_w).float()
+
+    def _cond(self, obs_dict: dict) -> torch.Tensor:
+        """Check ``obs_dict`` and return the normalized, flattened condition ``(B, To * Dobs)``."""
+        if self.obs_normalizer is None:
+            raise RuntimeError("the policy is not trained; call fit(demos) or load a trained policy")
+        if not isinstance(obs_dict, dict):
+            raise TypeError(f"obs_dict must be a dict of (B, To, D) arrays, got {type(obs_dict).__name__}")
+        missing = [k for k in self.obs_dims if k not in obs_dict]
+        if missing:
+            raise ValueError(f"obs_dict lacks keys {missing}; the policy needs {list(self.obs_dims)}")
+        parts, batch = [], None
+        for key, dim in self.obs_dims.items():
+            value = torch.as_tensor(np.asarray(obs_dict[key]) if not isinstance(obs_dict[key], torch.Tensor) else obs_dict[key])
+            if value.dim() != 3 or value.shape[1:] != (self.n_obs_steps, dim):
+                raise ValueError(
+                    f"obs_dict[{key!r}] must have shape (B, {self.n_obs_steps}, {dim}) (B, To, D), got {tuple(value.shape)}"
+                )
+            if batch is not None and value.shape[0] != batch:
+                raise ValueError(f"obs_dict entries disagree on the batch size: {batch} vs {value.shape[0]} for {key!r}")
+            batch = value.shape[0]
+            parts.append(value.double())
+        obs = torch.cat(parts, dim=-1)
+        if not torch.isfinite(obs).all():
+            raise ValueError("obs_dict contains NaN or Inf")
+        return self.obs_normalizer.normalize(obs).reshape(batch, -1).float()
+
+    def _chunk(self, pred_normalized: torch.Tensor) -> dict:
+        pred = self.action_normalizer.unnormalize(pred_normalized.double()).float()
+        start = self.n_obs_steps - 1
+        return {"action": pred[:, start : start + self.n_action_steps], "action_pred": pred}
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """One file: configuration, normalizers and weights (read back by :func:`load_policy`)."""
+        if self.obs_normalizer is None:
+            raise RuntimeError("save a trained policy (call fit first)")
+        atomic_save({**header("policy"), "class": type(self).__name__, "config": self._config(),
+                     "normalizers": {"obs": self.obs_normalizer.state_dict(), "action": self.action_normalizer.state_dict()},
+                     "model": self._model_state()}, path)
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _epochs_to_batches(epochs: float, n_windows: int, batch_size: int, n_blocks: int) -> int:
+    """Batches per block so that all blocks together see ``epochs`` passes over the windows."""
+    if not (isinstance(epochs, (int, float)) and epochs > 0):
+        raise ValueError(f"epochs must be > 0, got {epochs!r}")
+    return max(1, math.ceil(epochs * n_windows / batch_size / n_blocks))
+
+
+class FlowPolicy(_ChunkPolicy):
+    """Conditional flow-matching policy; LFM (default schedule) or global (``OUSchedule.global_flow()``).
+
+    Args:
+        obs_dims: observation key -> feature dimension (the keys the policy reads, in order).
+        action_dim: Da.
+        n_obs_steps, horizon, n_action_steps: To, H, Ta (Diffusion Policy's 2, 16, 8).
+        schedule: the OU schedule (default :data:`DEFAULT_LFM_SCHEDULE`).
+        network: ``"unet"`` (:class:`ConditionalUnet1D`) or ``"mlp"`` (:class:`~torchcfm_local.MLP`).
+        network_config: keyword arguments of the network, the same for every block.
+        matcher: a torchcfm matcher without minibatch OT (default: the trigonometric path).
+        ode: sampling ODE options (default: RK4 with :data:`POLICY_RK4_STEPS` steps over all blocks).
+        guidance: classifier-free guidance scale at sampling (``None``: off; needs
+            ``cond_dropout > 0`` in :meth:`fit`).
+    """
+
+    kind = "flow"
+
+    def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
+                 n_action_steps: int = 8, schedule: Optional[OUSchedule] = None, network: str = "unet",
+                 network_config: Optional[dict] = None, matcher=None, ode=None, guidance: Optional[float] = None):
+        super().__init__(obs_dims, action_dim, n_obs_steps, horizon, n_action_steps)
+        if network not in ("unet", "mlp"):
+            raise ValueError(f"network must be 'unet' or 'mlp', got {network!r}")
+        self.network, self.network_config = network, dict(network_config or {})
+        self.guidance = guidance
+        n_blocks = (schedule or DEFAULT_LFM_SCHEDULE).n_blocks
+        self.ode = ODEOptions.coerce(ode, ODEOptions(solver="rk4", steps=math.ceil(POLICY_RK4_STEPS / n_blocks)))
+        features = self.cond_dim + 1  # the composer appends a presence flag
+        if network == "unet":
+            def factory(n):
+                return ConditionalUnet1D(action_dim, horizon, features, **self.network_config)
+        else:
+            def factory(n):
+                return MLP(horizon * action_dim, cond_features=features, **self.network_config)
+        self.flow = LocalFlowMatching((horizon, action_dim), schedule or DEFAULT_LFM_SCHEDULE, matcher, factory,
+                                      ode=self.ode, cond_dim=self.cond_dim)
+
+    def fit(self, demos: Demos, *, epochs: Optional[float] = None, batches_per_block: Optional[int] = None,
+            batch_size: int = 256, lr: float = 1e-4, cond_dropout: float = 0.0, **fit_kwargs) -> FitReport:
+        """Train on the demos' windows. Give ``epochs`` (passes over all windows, spread evenly over
+        the blocks) or ``batches_per_block``; other keywords go to :meth:`LocalFlowMatching.fit`
+        (``seed``, ``checkpoint_dir``, ``resume``, ``lr_decay``, ``grad_clip``, ``progress``, ...)."""
+        cond, actions = self._training_data(demos)
+        batch_size = min(batch_size, actions.shape[0])
+        if (epochs is None) == (batches_per_block is None):
+            raise ValueError("give exactly one of epochs and batches_per_block")
+        if epochs is not None:
+            batches_per_block = _epochs_to_batches(epochs, actions.shape[0], batch_size, self.flow.n_blocks)
+        return self.flow.fit(actions, cond=cond, cond_dropout=cond_dropout, batches_per_block=batches_per_block,
+                             batch_size=batch_size, lr=lr, **fit_kwargs)
+
+    @torch.no_grad()
+    def predict_action(self, obs_dict: dict, generator: Optional[torch.Generator] = None,
+                       guidance: Optional[float] = None) -> dict:
+        """``obs_dict[key]``: ``(B, To, D_key)`` -> ``{"action": (B, Ta, Da), "action_pred": (B, H, Da)}``."""
+        cond = self._cond(obs_dict)
+        z = torch.randn((cond.shape[0], self.horizon, self.action_dim), generator=generator)
+        scale = self.guidance if guidance is None else guidance
+        pred = self.flow.decode(z, cond=cond, guidance=scale, ode=self.ode)
+        return self._chunk(pred)
+
+    def _config(self) -> dict:
+        return {**self._base_config(), "network": self.network, "network_config": self.network_config,
+                "guidance": self.guidance, "ode": [self.ode.solver, self.ode.atol, self.ode.rtol, self.ode.steps]}
+
+    def _model_state(self) -> dict:
+        return self.flow._state()
+
+
+class RegressionPolicy(_ChunkPolicy):
+    """MLP from the observation window to the action chunk, trained with MSE (a unimodal baseline)."""
+
+    kind = "regression"
+
+    def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
+                 n_action_steps: int = 8, width: int = 256, depth: int = 3):
+        super().__init__(obs_dims, action_dim, n_obs_steps, horizon, n_action_steps)
+        self.width, self.depth = width, depth
+        layers, fan_in = [], self.cond_dim
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), nn.SiLU()]
+            fan_in = width
+        self.net = nn.Sequential(*layers, nn.Linear(fan_in, horizon * action_dim))
+
+    def fit(self, demos: Demos, *, epochs: float = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+            progress: bool = True) -> list[float]:
+        cond, actions = self._training_data(demos)
+        target = actions.reshape(actions.shape[0], -1)
+        batch_size = min(batch_size, target.shape[0])
+        steps = _epochs_to_batches(epochs, target.shape[0], batch_size, 1)
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+        losses = []
+        from tqdm.auto import tqdm
+
+        for _ in tqdm(range(steps), desc="regression", disable=not progress, leave=False):
+            idx = torch.randint(0, target.shape[0], (batch_size,), generator=gen)
+            loss = torch.mean((self.net(cond[idx]) - target[idx]) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    @torch.no_grad()
+    def predict_action(self, obs_dict: dict, generator: Optional[torch.Generator] = None, guidance=None) -> dict:
+        cond = self._cond(obs_dict)
+        return self._chunk(self.net(cond).reshape(-1, self.horizon, self.action_dim))
+
+    def _config(self) -> dict:
+        return {**self._base_config(), "width": self.width, "depth": self.depth}
+
+    def _model_state(self) -> dict:
+        return self.net.state_dict()
+
+
+def load_policy(path: Union[str, os.PathLike], map_location="cpu") -> _ChunkPolicy:
+    """Read a policy written by ``policy.save(path)``."""
+    state = safe_load(path, "policy", map_location)
+    cls = {"FlowPolicy": FlowPolicy, "RegressionPolicy": RegressionPolicy}.get(state.get("class"))
+    if cls is None:
+        raise ValueError(f"{path} holds an unknown policy class {state.get('class')!r}")
+    config = dict(state["config"])
+    if cls is FlowPolicy:
+        solver, atol, rtol, steps = config.pop("ode")
+        config["ode"] = ODEOptions(solver, atol, rtol, steps)
+        flow_state = state["model"]
+        schedule = OUSchedule.from_steps(flow_state["schedule"])
+        obs_dims, action_dim = config.pop("obs_dims"), config.pop("action_dim")
+        policy = cls(obs_dims, action_dim, schedule=schedule, **config)
+        policy.flow = LocalFlowMatching.from_state(flow_state, velocity_factory=policy.flow.velocity_factory,
+                                                   source=str(path))
+    else:
+        obs_dims, action_dim = config.pop("obs_dims"), config.pop("action_dim")
+        policy = cls(obs_dims, action_dim, **config)
+        policy.net.load_state_dict(state["model"])
+    policy.obs_normalizer = Normalizer.from_state(state["normalizers"]["obs"])
+    policy.action_normalizer = Normalizer.from_state(state["normalizers"]["action"])
+    return policy
