@@ -6,6 +6,8 @@ training epochs, and sampled action chunks from one start state (both expert mod
     python benchmarks/bench_policy.py                       # point task, MLP networks, 3 seeds
     python benchmarks/bench_policy.py --network unet        # the 1D temporal U-Net
     python benchmarks/bench_policy.py --quick               # one seed, short (a pipeline check)
+    python benchmarks/bench_policy.py --task lift --width 256 --epochs 50 100 200 --seeds 1 --episodes 50
+                                                            # robosuite Lift (needs the [robot] extra)
 
 Protocol: one demo set (200 expert episodes, seed 0); for every method, seed and epoch budget an
 independent training run (LFM cannot be evaluated before its last block is trained); rollouts on
@@ -22,27 +24,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchcfm_local.policy import collect_demos, evaluate
+from torchcfm_local.policy import collect_demos, evaluate, make_env
 from torchcfm_local.policy.cli import build_policy
 from torchcfm_local.provenance import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(method, demos, network, width, epochs, seed, episodes, lr):
+def run(method, demos, env, network, width, epochs, seed, episodes, lr):
     torch.manual_seed(seed)
     policy = build_policy(method, demos.obs_dims, demos.action.shape[1], network, width)
     start = time.perf_counter()
     policy.fit(demos, epochs=epochs, lr=lr, seed=seed, progress=False)
     train_seconds = time.perf_counter() - start
-    evaluate(policy, "point", 4, seed=999)  # warm-up (lazy imports, first solver build)
-    report = evaluate(policy, "point", episodes, seed=1000, generator_seed=seed)
+    evaluate(policy, env, 2, seed=999)  # warm-up (lazy imports, first solver build)
+    report = evaluate(policy, env, episodes, seed=1000, generator_seed=seed)
     return policy, {"method": method, "epochs": epochs, "seed": seed, "success_rate": report.success_rate,
                     "train_seconds": train_seconds, "seconds_per_chunk": report.seconds_per_chunk,
                     "parameters": policy.n_parameters()}
 
 
 def chunk_figure(policies, demos, path):
+    """Point task: 64 chunks sampled at the start state, integrated into paths, next to the demos."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,6 +99,8 @@ def curve_figure(rows, methods, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="point", choices=("point", "lift"))
+    parser.add_argument("--demos", type=int, default=200, help="expert episodes")
     parser.add_argument("--network", default="mlp", choices=("mlp", "unet"))
     parser.add_argument("--width", type=int, default=128, help="LFM block width (the global network is widened to match)")
     parser.add_argument("--epochs", type=float, nargs="+", default=[25, 50, 100, 200])
@@ -107,24 +112,26 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.seeds, args.episodes = [5, 10], 1, 20
-    demos = collect_demos("point", 200, seed=0)
+    demos = collect_demos(args.task, args.demos, seed=0)
+    env = make_env(args.task)
     methods = ["global", "lfm", "regression"]
     rows, last = [], {}
     from tqdm.auto import tqdm
 
     jobs = [(m, e, s) for s in range(args.seeds) for e in args.epochs for m in methods]
     for method, epochs, seed in tqdm(jobs, desc="policies"):
-        policy, row = run(method, demos, args.network, args.width, epochs, seed, args.episodes, args.lr)
+        policy, row = run(method, demos, env, args.network, args.width, epochs, seed, args.episodes, args.lr)
         rows.append(row)
         if seed == 0 and epochs == max(args.epochs):
             last[method] = policy
-    name = f"policy_point_{args.network}" + ("_quick" if args.quick else "")
+    name = f"policy_{args.task}_{args.network}" + ("_quick" if args.quick else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     curve_figure(rows, methods, out / f"{name}_success.png")
-    chunk_figure({m: last[m] for m in ("global", "lfm", "regression")}, demos, out / f"{name}_chunks.png")
+    if args.task == "point":
+        chunk_figure({m: last[m] for m in ("global", "lfm", "regression")}, demos, out / f"{name}_chunks.png")
 
-    lines = [f"## Point task ({args.network} networks): success rate over {args.episodes} rollouts, "
+    lines = [f"## {args.task} task ({args.network} networks): success rate over {args.episodes} rollouts, "
              f"mean (min-max) over {args.seeds} seed(s)", "",
              "| method | parameters | " + " | ".join(f"{e:g} epochs" for e in args.epochs) + " | ms per chunk |",
              "|---|---|" + "---|" * len(args.epochs) + "---|"]
@@ -136,10 +143,10 @@ def main():
             cells.append(f"{np.mean(v):.2f} ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else f"{v[0]:.2f}")
         latency = 1e3 * np.mean([r["seconds_per_chunk"] for r in mine])
         lines.append(f"| {method} | {mine[0]['parameters']} | " + " | ".join(cells) + f" | {latency:.1f} |")
-    lines += ["", f"Demos: 200 expert episodes (expert success {demos.meta['expert_success_rate']:.2f}), "
+    lines += ["", f"Demos: {args.demos} expert episodes (expert success {demos.meta['expert_success_rate']:.2f}), "
               f"{demos.action.shape[0]} steps. Policies: To=2, H=16, Ta=8; LFM: 4 blocks, OUSchedule(0.3, 1.1, 4); "
               "sampling: RK4 with 16 steps over all blocks (64 network evaluations per chunk for both flows).",
-              f"Figures: `{name}_success.png`, `{name}_chunks.png`."]
+              f"Figures: `{name}_success.png`" + (f", `{name}_chunks.png`." if args.task == "point" else ".")]
     write_results(out, name, {"rows": rows, "args": vars(args), "demos": demos.meta}, "\n".join(lines))
     print("\n".join(lines))
 

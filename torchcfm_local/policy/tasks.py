@@ -7,6 +7,9 @@ An environment steps ``n`` episodes at once (one process, batched policy inferen
   their actions and keep their outcome; ``success`` is the task's own check;
 * ``expert(seed)``: a scripted policy with ``act(obs) -> (n, Da)`` for the current batch.
 
+Tasks: ``point`` (below), ``lift`` and ``can`` (robosuite's Lift and PickPlaceCan,
+:mod:`.robosuite_tasks`; they need the ``[robot]`` extra).
+
 ``point`` is a pure-numpy toy task for tests and quick runs: a point must reach a goal behind a
 round obstacle; the expert passes left or right with equal probability, so the average of its
 actions (what a regression policy learns) drives straight into the obstacle.
@@ -85,7 +88,20 @@ class PointExpert:
         return direction + self.rng.normal(0.0, 0.05, direction.shape)
 
 
-TASKS = {"point": PointObstacle}
+def _lift(**kwargs):
+    from .robosuite_tasks import RobosuiteTask
+
+    return RobosuiteTask("Lift", **{"max_steps": 150, **kwargs})
+
+
+def _can(**kwargs):
+    from .robosuite_tasks import RobosuiteTask
+
+    return RobosuiteTask("PickPlaceCan", **{"max_steps": 300, **kwargs})
+
+
+#: task name -> environment constructor; robosuite tasks need the ``[robot]`` extra.
+TASKS = {"point": PointObstacle, "lift": _lift, "can": _can}
 
 
 def make_env(name: str, **kwargs):
@@ -103,11 +119,11 @@ def collect_demos(task: str, n_episodes: int, seed: int = 0, batch: int = 100) -
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     env = make_env(task)
-    obs_parts = {k: [] for k in env.obs_dims}
-    actions, ends, total, wins = [], [], 0, 0
+    obs_parts, actions, ends, total, wins = None, [], [], 0, 0
     for b, start in enumerate(range(0, n_episodes, batch)):
         n = min(batch, n_episodes - start)
         obs = env.reset(n, seed=seed * 1000 + b)
+        obs_parts = obs_parts or {k: [] for k in obs}
         expert = env.expert(seed * 1000 + b)
         traj_obs, traj_act, alive = [], [], []
         done = np.zeros(n, bool)

@@ -1,0 +1,251 @@
+"""robosuite tasks (the simulator behind Robomimic) with scripted, multimodal experts.
+
+Needs the ``[robot]`` extra (robosuite 1.5.2 with mujoco 3.3.7; see the README). Settings follow
+Robomimic's low-dimensional setup: a Panda arm under OSC_POSE delta control at 20 Hz,
+observations ``object-state``, ``robot0_eef_pos``, ``robot0_eef_quat``, ``robot0_gripper_qpos``,
+no rendering, ``hard_reset=False`` (fast resets). ``n`` environments are kept and stepped one
+after another in this process; the policy is queried once per step for all of them.
+
+Actions (7): position delta (x 0.05 m), axis-angle rotation delta in the base frame (x 0.5 rad),
+gripper (-1 open, +1 close), each in [-1, 1].
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+__all__ = ["RobosuiteTask", "LiftExpert", "CanExpert", "OBS_KEYS"]
+
+OBS_KEYS = ("object-state", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+
+
+def _require_robosuite():
+    try:
+        import robosuite  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "robosuite tasks need the [robot] extra: pip install 'torchcfm-local[robot]' "
+            "(robosuite 1.5.2, mujoco 3.3.7)"
+        ) from err
+
+
+def _quat_to_mat(q: np.ndarray) -> np.ndarray:
+    """robosuite's (x, y, z, w) quaternion -> rotation matrix."""
+    x, y, z, w = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def _rot_z(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _yaw(m: np.ndarray) -> float:
+    return float(np.arctan2(m[1, 0], m[0, 0]))
+
+
+def _axis_angle(m: np.ndarray) -> np.ndarray:
+    """Rotation matrix -> axis * angle."""
+    angle = np.arccos(np.clip((np.trace(m) - 1) / 2, -1.0, 1.0))
+    if angle < 1e-8:
+        return np.zeros(3)
+    axis = np.array([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]]) / (2 * np.sin(angle))
+    return axis * angle
+
+
+class RobosuiteTask:
+    """``n`` robosuite environments of one task behind the batched interface of :mod:`.tasks`."""
+
+    action_dim = 7
+
+    def __init__(self, env_name: str, max_steps: int = 200):
+        _require_robosuite()
+        self.env_name, self.max_steps = env_name, max_steps
+        self.envs: list = []
+        self.obs_dims = None
+
+    def _make(self, seed: int):
+        import robosuite as suite
+        from robosuite.controllers import load_composite_controller_config
+        from robosuite.utils.log_utils import ROBOSUITE_DEFAULT_LOGGER
+
+        ROBOSUITE_DEFAULT_LOGGER.setLevel(logging.ERROR)  # per-env notes on unused controller parts
+
+        return suite.make(
+            self.env_name, robots="Panda", controller_configs=load_composite_controller_config(controller="BASIC"),
+            has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False, use_object_obs=True,
+            control_freq=20, hard_reset=False, horizon=self.max_steps + 1, ignore_done=True, seed=seed,
+        )
+
+    def reset(self, n: int, seed: int = 0) -> dict:
+        while len(self.envs) < n:
+            self.envs.append(self._make(len(self.envs)))
+        self.active = self.envs[:n]
+        raw = []
+        for i, env in enumerate(self.active):  # reseed every episode: fixed seeds give fixed initial states
+            env.rng = np.random.default_rng(seed * 100_003 + i)
+            if getattr(env, "placement_initializer", None) is not None:
+                env.placement_initializer.rng = env.rng
+            raw.append(env.reset())
+        self.done = np.zeros(n, bool)
+        self.success = np.zeros(n, bool)
+        self.t = 0
+        self.raw = raw
+        obs = self._stack(raw)
+        self.obs_dims = {k: v.shape[1] for k, v in obs.items()}
+        return obs
+
+    @staticmethod
+    def _stack(raw: list) -> dict:
+        return {k: np.stack([np.asarray(o[k], dtype=np.float32) for o in raw]) for k in OBS_KEYS}
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (len(self.active), self.action_dim):
+            raise ValueError(f"action must have shape ({len(self.active)}, {self.action_dim}), got {action.shape}")
+        for i, env in enumerate(self.active):
+            if not self.done[i]:
+                self.raw[i], _, _, _ = env.step(np.clip(action[i], -1, 1))
+                self.success[i] = bool(env._check_success())
+        self.t += 1
+        self.done |= self.success | (self.t >= self.max_steps)
+        return self._stack(self.raw), self.done.copy(), self.success.copy()
+
+    def expert(self, seed: int = 0):
+        experts = {"Lift": LiftExpert, "PickPlaceCan": CanExpert}
+        if self.env_name not in experts:
+            raise ValueError(f"no scripted expert for {self.env_name}")
+        return experts[self.env_name](self, seed)
+
+
+class LiftExpert:
+    """Above the cube (with the gripper's yaw turned to one of the cube's two grasp axes, chosen at
+    random per episode: the multimodal choice), down, close, lift. Position actions get
+    N(0, 0.05^2) noise."""
+
+    def __init__(self, task: RobosuiteTask, seed: int = 0):
+        self.rng = np.random.default_rng(seed + 104_729)
+        n = len(task.active)
+        self.axis = self.rng.integers(0, 2, n)
+        self.phase = np.zeros(n, int)
+        self.clock = np.zeros(n, int)
+        # the "gripper down" orientation at yaw 0, from the first observation
+        self.down = []
+        for o in task.raw:
+            m = _quat_to_mat(o["robot0_eef_quat"])
+            self.down.append(_rot_z(-_yaw(m)) @ m)
+        self.grasp_at = [None] * n
+
+    def act(self, obs: dict) -> np.ndarray:
+        n = len(self.phase)
+        out = np.zeros((n, 7))
+        for i in range(n):
+            eef, cube = obs["robot0_eef_pos"][i].astype(float), obs["object-state"][i][:3].astype(float)
+            m = _quat_to_mat(obs["robot0_eef_quat"][i].astype(float))
+            cube_yaw = _yaw(_quat_to_mat(obs["object-state"][i][3:7].astype(float)))
+            want = cube_yaw + self.axis[i] * np.pi / 2
+            want += np.pi * np.round((_yaw(m) - want) / np.pi)  # the gripper is symmetric under a half turn
+            grip = -1.0
+            if self.phase[i] == 0:  # above the cube, turned
+                target = cube + [0, 0, 0.08]
+                if np.linalg.norm(target - eef) < 0.015 and abs(_yaw(m) - want) < 0.08:
+                    self.phase[i] = 1
+            if self.phase[i] == 1:  # down to the cube
+                target = cube + [0, 0, -0.005]
+                if abs(target[2] - eef[2]) < 0.01:
+                    self.phase[i], self.clock[i] = 2, 0
+            if self.phase[i] == 2:  # close
+                target, grip = cube + [0, 0, -0.005], 1.0
+                self.clock[i] += 1
+                if self.clock[i] >= 8:
+                    self.phase[i], self.grasp_at[i] = 3, eef.copy()
+            if self.phase[i] == 3:  # lift
+                target, grip = self.grasp_at[i] + [0, 0, 0.2], 1.0
+            rot = self.down[i] if self.phase[i] < 0 else _rot_z(want) @ self.down[i]
+            out[i, :3] = np.clip(10 * (target - eef) + self.rng.normal(0, 0.05, 3), -1, 1)
+            out[i, 3:6] = np.clip(2 * _axis_angle(rot @ m.T), -1, 1)
+            out[i, 6] = grip
+        return out
+
+
+def _pose_action(rng, eef, m, target, rot, grip, noise=0.05) -> np.ndarray:
+    """OSC_POSE delta action toward position ``target`` and orientation ``rot``."""
+    out = np.zeros(7)
+    out[:3] = np.clip(10 * (target - eef) + rng.normal(0, noise, 3), -1, 1)
+    out[3:6] = np.clip(2 * _axis_angle(rot @ m.T), -1, 1)
+    out[6] = grip
+    return out
+
+
+class CanExpert:
+    """PickPlaceCan: above the can, down, grasp, lift, then through a via-point on a side chosen at
+    random per episode (the multimodal choice: left or right of the straight line), over the
+    can's target compartment, down, release, back off."""
+
+    def __init__(self, task: RobosuiteTask, seed: int = 0):
+        self.task = task
+        self.rng = np.random.default_rng(seed + 130_363)
+        n = len(task.active)
+        self.side = self.rng.choice([-1.0, 1.0], size=n)
+        self.phase = np.zeros(n, int)
+        self.clock = np.zeros(n, int)
+        self.down = []
+        for o in task.raw:
+            m = _quat_to_mat(o["robot0_eef_quat"])
+            self.down.append(_rot_z(-_yaw(m)) @ m)
+        self.goal = [np.asarray(env.target_bin_placements[env.object_to_id["can"]], dtype=float) for env in task.active]
+        self.hold = [None] * n
+
+    def act(self, obs: dict) -> np.ndarray:
+        n = len(self.phase)
+        out = np.zeros((n, 7))
+        for i in range(n):
+            raw = self.task.raw[i]
+            eef, can = raw["robot0_eef_pos"].astype(float), raw["Can_pos"].astype(float)
+            m = _quat_to_mat(raw["robot0_eef_quat"].astype(float))
+            goal, grip = self.goal[i], -1.0
+            if self.phase[i] == 0:  # above the can
+                target = can + [0, 0, 0.12]
+                if np.linalg.norm(target - eef) < 0.015:
+                    self.phase[i] = 1
+            if self.phase[i] == 1:  # down (the fingertips reach the bin floor a little above the can's centre)
+                target = can + [0, 0, 0.005]
+                self.clock[i] += 1
+                if abs(target[2] - eef[2]) < 0.012 or self.clock[i] > 25:
+                    self.phase[i], self.clock[i] = 2, 0
+            if self.phase[i] == 2:  # close
+                target, grip = can + [0, 0, 0.005], 1.0
+                self.clock[i] += 1
+                if self.clock[i] >= 10:
+                    self.phase[i], self.hold[i] = 3, eef.copy()
+            if self.phase[i] == 3:  # lift
+                target, grip = np.array([*self.hold[i][:2], 1.08]), 1.0
+                if eef[2] > 1.05:
+                    self.phase[i] = 4
+            if self.phase[i] == 4:  # via-point on the chosen side
+                mid = (self.hold[i] + goal) / 2
+                target, grip = np.array([mid[0] + 0.13 * self.side[i], mid[1], 1.1]), 1.0
+                if np.linalg.norm(target - eef) < 0.04:
+                    self.phase[i] = 5
+            if self.phase[i] == 5:  # over the target compartment
+                target, grip = np.array([goal[0], goal[1], 1.05]), 1.0
+                if np.linalg.norm((target - eef)[:2]) < 0.03:  # the compartment is ~0.2 x 0.24 m
+                    self.phase[i] = 6
+            if self.phase[i] == 6:  # lower
+                target, grip = np.array([goal[0], goal[1], 0.93]), 1.0
+                if abs(target[2] - eef[2]) < 0.015:
+                    self.phase[i], self.clock[i] = 7, 0
+            if self.phase[i] == 7:  # release
+                target = np.array([goal[0], goal[1], 0.93])
+                self.clock[i] += 1
+                if self.clock[i] >= 8:
+                    self.phase[i] = 8
+            if self.phase[i] == 8:  # back off: robosuite counts the can as placed once the gripper has left it
+                target = np.array([goal[0], goal[1], 1.05])
+            out[i] = _pose_action(self.rng, eef, m, target, self.down[i], grip)
+        return out
