@@ -114,6 +114,15 @@ class BlockTrainer:
             field.cond = None
 
 
+def lr_factor(step: int, total: int, decay: Optional[str], warmup: int) -> float:
+    """Learning-rate multiplier at batch ``step`` (0-based) of ``total``: linear warm-up over the
+    first ``warmup`` batches, times the cosine decay to 0 over the block when ``decay="cosine"``."""
+    factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if decay == "cosine":
+        factor *= 0.5 * (1 + math.cos(math.pi * step / total))
+    return factor
+
+
 def _device_of(module: nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
@@ -708,6 +717,9 @@ class LocalFlowMatching(nn.Module):
         pool_dir: Union[str, Path, None] = None,
         cond=None,
         cond_dropout: float = 0.0,
+        warmup: int = 0,
+        ema_decay: Optional[float] = None,
+        amp: bool = False,
     ) -> FitReport:
         """Train all blocks in order (Algorithm 1 of the paper).
 
@@ -753,6 +765,10 @@ class LocalFlowMatching(nn.Module):
                 they stay attached to their rows through every block.
             cond_dropout: probability of replacing a training row's condition by the null
                 condition, which enables classifier-free guidance at sampling time.
+            warmup: batches of linear learning-rate warm-up at the start of every block.
+            ema_decay: keep an exponential moving average of each block's weights (e.g. 0.9999)
+                and make it the block's final weights, used for the pushforward and sampling.
+            amp: bfloat16 autocast of the forward pass (CUDA models only).
 
         Returns:
             :class:`FitReport` with one :class:`BlockReport` per block trained by this call.
@@ -781,6 +797,12 @@ class LocalFlowMatching(nn.Module):
             raise ValueError(f"lr_decay must be None or 'cosine', got {lr_decay!r}")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+        if ema_decay is not None and not (isinstance(ema_decay, float) and 0 < ema_decay < 1):
+            raise ValueError(f"ema_decay must be a float in (0, 1) or None, got {ema_decay!r}")
+        if amp and self.device.type != "cuda":
+            raise ValueError(f"amp=True needs a model on a CUDA device; this one is on {self.device}")
         if warm_start:
             self._check_warm_start()
         ode = ODEOptions.coerce(pushforward_ode, PUSHFORWARD_ODE)
@@ -797,6 +819,7 @@ class LocalFlowMatching(nn.Module):
             "weight_decay": float(weight_decay), "grad_clip": grad_clip, "warm_start": warm_start,
             "chunk_size": chunk_size, "pushforward_ode": [ode.solver, ode.atol, ode.rtol, ode.steps],
             "world_size": dist.world, "cond_dropout": float(cond_dropout),
+            "warmup": warmup, "ema_decay": ema_decay, "amp": bool(amp),
         }
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
         fingerprint = _fingerprint(x) + ([] if cond is None else _fingerprint(cond))
@@ -844,9 +867,10 @@ class LocalFlowMatching(nn.Module):
             params = list(net.parameters())
             opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0
                    else torch.optim.Adam(params, lr=lr))
-            step, losses, train_seconds = 0, [], 0.0
+            step, losses, train_seconds, ema = 0, [], 0.0, None
             if progress_state is not None and progress_state["block"] == n:
                 net.load_state_dict(progress_state["net"])
+                ema = progress_state.get("ema")
                 opt.load_state_dict(progress_state["opt"])
                 gen_idx.set_state(progress_state["gen_idx"])
                 gen_noise.set_state(progress_state["gen_noise"])
@@ -856,6 +880,8 @@ class LocalFlowMatching(nn.Module):
                 self._warm_start(n)
             resumed_from = step
             total = per_block[n - 1]
+            if ema_decay is not None and ema is None:
+                ema = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
             net.train()
             field = trainer.field
             if dist.active:  # gradients averaged over ranks
@@ -867,9 +893,9 @@ class LocalFlowMatching(nn.Module):
             tick = time.perf_counter()
             try:
                 while step < total:
-                    if lr_decay == "cosine":
+                    if lr_decay is not None or warmup:
                         for group in opt.param_groups:
-                            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                            group["lr"] = lr * lr_factor(step, total, lr_decay, warmup)
                     idx = torch.randint(0, pool.shape[0], (batch_size,), generator=gen_idx)
                     x1 = pool[idx[lo:hi]].to(device)
                     z, t = trainer.draw(batch_size, x1, gen_noise)
@@ -879,7 +905,8 @@ class LocalFlowMatching(nn.Module):
                         if cond_dropout:
                             keep = torch.rand(batch_size, generator=gen_noise, device=device)[lo:hi] >= cond_dropout
                         c = self._cond_input(cond[idx[lo:hi]].to(device), keep)
-                    loss = trainer.loss_at(x1, z[lo:hi], t[lo:hi], field, cond=c)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        loss = trainer.loss_at(x1, z[lo:hi], t[lo:hi], field, cond=c)
                     loss_value = dist.mean(loss.detach()).item()
                     if not math.isfinite(loss_value):
                         raise FloatingPointError(
@@ -891,6 +918,11 @@ class LocalFlowMatching(nn.Module):
                     if grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(params, grad_clip)
                     opt.step()
+                    if ema is not None:  # ema <- decay * ema + (1 - decay) * weights
+                        with torch.no_grad():
+                            current = net.state_dict()
+                            for key, avg in ema.items():
+                                avg.lerp_(current[key], 1 - ema_decay)
                     step += 1
                     losses.append(loss_value)
                     bar.update(1)
@@ -903,11 +935,13 @@ class LocalFlowMatching(nn.Module):
                         atomic_save({
                             **header("progress"), "block": n, "step": step, "net": net.state_dict(),
                             "opt": opt.state_dict(), "gen_idx": gen_idx.get_state(),
-                            "gen_noise": gen_noise.get_state(), "losses": losses,
+                            "gen_noise": gen_noise.get_state(), "losses": losses, "ema": ema,
                             "train_seconds": train_seconds + time.perf_counter() - tick,
                         }, ckpt / _PROGRESS_FILE)
             finally:
                 bar.close()
+            if ema is not None:  # the averaged weights become the block
+                net.load_state_dict({**net.state_dict(), **ema})
             train_seconds += time.perf_counter() - tick
             self.n_trained = n
             report = BlockReport(n, self.schedule.step(n), step, losses, train_seconds, resumed_from=resumed_from)
@@ -1049,7 +1083,8 @@ class LocalFlowMatching(nn.Module):
             raise CheckpointError(f"{ckpt / _MODEL_FILE} is a saved model, not a fit checkpoint")
         if not np.allclose(state["fingerprint"], fingerprint, rtol=1e-9, atol=1e-6):
             raise ValueError(f"{ckpt} was trained on other data (different size or values); resume with the same x")
-        saved_hyper = {"world_size": 1, "cond_dropout": 0.0, **state["hyper"]}  # files from older versions
+        saved_hyper = {"world_size": 1, "cond_dropout": 0.0, "warmup": 0, "ema_decay": None, "amp": False,
+                       **state["hyper"]}  # files from older versions
         changed = sorted(k for k in hyper if saved_hyper.get(k) != hyper[k])
         if changed:
             diffs = ", ".join(f"{k}: {saved_hyper.get(k)!r} -> {hyper[k]!r}" for k in changed)
