@@ -6,6 +6,7 @@ their constructor arguments, so a saved model can rebuild them without user code
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -71,13 +72,28 @@ class MLP(nn.Module):
         return self.net(torch.cat(parts, dim=-1)).reshape(x.shape)
 
 
+class _Registry(dict):
+    """Type name -> class; networks of optional subpackages are imported on first lookup."""
+
+    _lazy = {"ConditionalUnet1D": "torchcfm_local.policy.unet1d", "UNetVelocity": "torchcfm_local.images.unet"}
+
+    def __missing__(self, name: str):
+        if name not in self._lazy:
+            raise KeyError(name)
+        self[name] = getattr(importlib.import_module(self._lazy[name]), name)
+        return self[name]
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or name in self._lazy
+
+
 #: Networks a checkpoint can rebuild from their ``config`` (type name -> class).
-NETWORKS: dict[str, type[nn.Module]] = {"MLP": MLP}
+NETWORKS: dict[str, type[nn.Module]] = _Registry(MLP=MLP)
 
 
 def network_spec(net: nn.Module) -> "dict | None":
     """``{"type", "config"}`` for a network in :data:`NETWORKS` (rebuildable from a checkpoint), else ``None``."""
     name = type(net).__name__
-    if NETWORKS.get(name) is type(net) and isinstance(getattr(net, "config", None), dict):
+    if name in NETWORKS and NETWORKS[name] is type(net) and isinstance(getattr(net, "config", None), dict):
         return {"type": name, "config": dict(net.config)}
     return None

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..checkpoint import atomic_save, header, safe_load
 from ..composer import LocalFlowMatching
-from ..networks import MLP, NETWORKS
+from ..networks import MLP
 from ..reports import FitReport
 from ..schedule import OUSchedule
 from ..solvers import ODEOptions
@@ -32,8 +32,6 @@ from .normalizer import Normalizer
 from .unet1d import ConditionalUnet1D
 
 __all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "DEFAULT_LFM_SCHEDULE"]
-
-NETWORKS.setdefault("ConditionalUnet1D", ConditionalUnet1D)
 
 #: LFM schedule of a policy when none is given. The paper does not list its robotics schedule;
 #: these are its CIFAR-10 values (h0 = 0.3, rho = 1.1, N = 4).
