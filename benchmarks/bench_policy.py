@@ -99,7 +99,7 @@ def curve_figure(rows, methods, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="point", choices=("point", "lift"))
+    parser.add_argument("--task", default="point", choices=("point", "lift", "can"))
     parser.add_argument("--demos", type=int, default=200, help="expert episodes")
     parser.add_argument("--network", default="mlp", choices=("mlp", "unet"))
     parser.add_argument("--width", type=int, default=128, help="LFM block width (the global network is widened to match)")
