@@ -26,3 +26,22 @@ def test_swap_matcher_changes_at_most_five_lines():
     """The README promise: only five lines of torchcfm's loop change."""
     source = (EXAMPLES / "swap_matcher.py").read_text()
     assert source.count("# LFM\n") == 5
+
+
+def test_train_images_example_smoke_on_cifar_format(tmp_path):
+    """The CIFAR-10 command end to end on synthetic files in CIFAR's format, at tiny size."""
+    import json
+
+    from torchcfm_local.images import write_cifar10_like
+
+    root = write_cifar10_like(tmp_path / "cifar", n_train=48, n_test=16, seed=0)
+    main = runpy.run_path(str(EXAMPLES / "train_images.py"))["main"]
+    out = tmp_path / "run"
+    args = ["--dataset", "cifar10", "--root", str(root), "--config", "tiny", "--batches-per-block", "2", "--n-train", "16",
+            "--samples", "16", "--bpd-images", "4", "--ode-steps", "4", "--features", "proxy", "--proxy-steps", "5",
+            "--out", str(out), "--no-progress"]
+    metrics = main(args)
+    assert metrics["total_batches"] == 8 and metrics["metric"].startswith("proxy")
+    assert metrics["distance"] >= 0 and 0 < metrics["bits_per_dim"] < 30
+    assert (out / "samples.png").exists() and (out / "trajectory.png").exists()
+    assert json.loads((out / "metrics.json").read_text())["parameters"] == metrics["parameters"]
