@@ -42,8 +42,9 @@ def evaluate(policy, task, n_episodes: int = 50, seed: int = 0, record: bool = F
     """Roll ``policy`` out on ``n_episodes`` episodes of ``task`` (a name or an environment object).
 
     Observation histories start by repeating the first observation (``n_obs_steps`` copies); each
-    call's ``action`` chunk (Ta steps) is executed before the next call. Fixed ``seed`` fixes the
-    initial states and the expert-free environment noise; ``generator_seed`` the policy's sampling noise.
+    call's ``action`` chunk (Ta steps) is executed before the next call. ``seed`` fixes the initial
+    states (for robosuite: the object placements; its arm's initial joint noise is unseeded);
+    ``generator_seed`` (default ``seed``) fixes the policy's sampling noise.
     """
     env = make_env(task) if isinstance(task, str) else task
     to = policy.n_obs_steps
