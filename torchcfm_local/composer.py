@@ -595,8 +595,7 @@ class LocalFlowMatching(nn.Module):
     ):
         """The training data pushed through the blocks already trained: a private tensor copy of
         ``x``, or a :class:`MemmapPool` in ``pool_dir`` (reused when it holds ``x``, or ``x`` pushed
-        through some of the trained blocks by the same run ``run_id``)."""
-        x = self._check_samples(x, "training data", min_count=2)
+        through some of the trained blocks by the same run ``run_id``). ``x`` is already checked."""
         if pool_dir is None:
             pool = x.to(dtype=self.dtype, copy=True)
             done = 0
@@ -647,7 +646,8 @@ class LocalFlowMatching(nn.Module):
             start, stop = shard(x.shape[0], dist.rank, dist.world)
             target = pool.target()
             for i in range(start, stop, chunk_size):
-                target[i : min(i + chunk_size, stop)] = x[i : min(i + chunk_size, stop)]
+                j = min(i + chunk_size, stop)
+                target[i:j] = x[i:j]
             self._commit(pool, 0, chunk_size, dist)
         return pool
 
@@ -882,6 +882,8 @@ class LocalFlowMatching(nn.Module):
             total = per_block[n - 1]
             if ema_decay is not None and ema is None:
                 ema = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+            # state_dict tensors share storage with the weights the optimizer updates in place
+            ema_pairs = [] if ema is None else [(avg, net.state_dict()[k]) for k, avg in ema.items()]
             net.train()
             field = trainer.field
             if dist.active:  # gradients averaged over ranks
@@ -918,11 +920,9 @@ class LocalFlowMatching(nn.Module):
                     if grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(params, grad_clip)
                     opt.step()
-                    if ema is not None:  # ema <- decay * ema + (1 - decay) * weights
-                        with torch.no_grad():
-                            current = net.state_dict()
-                            for key, avg in ema.items():
-                                avg.lerp_(current[key], 1 - ema_decay)
+                    with torch.no_grad():  # ema <- decay * ema + (1 - decay) * weights
+                        for avg, weight in ema_pairs:
+                            avg.lerp_(weight, 1 - ema_decay)
                     step += 1
                     losses.append(loss_value)
                     bar.update(1)

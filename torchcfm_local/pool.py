@@ -79,6 +79,7 @@ class MemmapPool:
         self._np_dtype = np.dtype(_DTYPES[self.dtype])
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self._np_dtype.itemsize
         self._reader: Optional[np.memmap] = None
+        self._offset: Optional[int] = None  # .npy header size, the same for both buffers
 
     # ------------------------------------------------------------------ directory handling
     @staticmethod
@@ -170,7 +171,7 @@ class MemmapPool:
         return _BUFFERS[1 - _BUFFERS.index(self.meta["current"])]
 
     def _map(self, path: Path, start: int, stop: int, mode: str) -> np.memmap:
-        if not hasattr(self, "_offset"):
+        if self._offset is None:
             header = np.lib.format.open_memmap(path, mode="r")
             self._offset = header.offset
             del header

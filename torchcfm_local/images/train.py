@@ -85,7 +85,9 @@ def build_model(shape, config: ImageConfig, method: str = "lfm") -> LocalFlowMat
         schedule = OUSchedule(config.h0, config.rho, config.n_blocks)
     elif method == "global":
         target = config.n_blocks * _unet_params(shape, config.unet)
-        widths = range(32, 4 * config.unet["num_channels"] + 1, 32)  # parameters grow ~ width^2
+        # parameters grow ~ width^2: try the multiples of 32 next to width * sqrt(n_blocks)
+        guess = round(config.unet["num_channels"] * math.sqrt(config.n_blocks) / 32)
+        widths = [32 * k for k in range(max(1, guess - 1), guess + 2)]
         best = min(widths, key=lambda w: abs(_unet_params(shape, {**config.unet, "num_channels": w}) - target))
         unet = {**config.unet, "num_channels": best}
         schedule = OUSchedule.global_flow()

@@ -123,6 +123,24 @@ class RobosuiteTask:
         return experts[self.env_name](self, seed)
 
 
+def _pose_action(rng, eef, m, target, rot, grip, noise=0.05) -> np.ndarray:
+    """OSC_POSE delta action toward position ``target`` and orientation ``rot``."""
+    out = np.zeros(7)
+    out[:3] = np.clip(10 * (target - eef) + rng.normal(0, noise, 3), -1, 1)
+    out[3:6] = np.clip(2 * _axis_angle(rot @ m.T), -1, 1)
+    out[6] = grip
+    return out
+
+
+def _down_orientations(raw: list) -> list:
+    """Per environment, the "gripper down" orientation at yaw 0, from its first observation."""
+    out = []
+    for o in raw:
+        m = _quat_to_mat(o["robot0_eef_quat"])
+        out.append(_rot_z(-_yaw(m)) @ m)
+    return out
+
+
 class LiftExpert:
     """Above the cube (with the gripper's yaw turned to one of the cube's two grasp axes, chosen at
     random per episode: the multimodal choice), down, close, lift. Position actions get
@@ -134,11 +152,7 @@ class LiftExpert:
         self.axis = self.rng.integers(0, 2, n)
         self.phase = np.zeros(n, int)
         self.clock = np.zeros(n, int)
-        # the "gripper down" orientation at yaw 0, from the first observation
-        self.down = []
-        for o in task.raw:
-            m = _quat_to_mat(o["robot0_eef_quat"])
-            self.down.append(_rot_z(-_yaw(m)) @ m)
+        self.down = _down_orientations(task.raw)
         self.grasp_at = [None] * n
 
     def act(self, obs: dict) -> np.ndarray:
@@ -166,20 +180,8 @@ class LiftExpert:
                     self.phase[i], self.grasp_at[i] = 3, eef.copy()
             if self.phase[i] == 3:  # lift
                 target, grip = self.grasp_at[i] + [0, 0, 0.2], 1.0
-            rot = self.down[i] if self.phase[i] < 0 else _rot_z(want) @ self.down[i]
-            out[i, :3] = np.clip(10 * (target - eef) + self.rng.normal(0, 0.05, 3), -1, 1)
-            out[i, 3:6] = np.clip(2 * _axis_angle(rot @ m.T), -1, 1)
-            out[i, 6] = grip
+            out[i] = _pose_action(self.rng, eef, m, target, _rot_z(want) @ self.down[i], grip)
         return out
-
-
-def _pose_action(rng, eef, m, target, rot, grip, noise=0.05) -> np.ndarray:
-    """OSC_POSE delta action toward position ``target`` and orientation ``rot``."""
-    out = np.zeros(7)
-    out[:3] = np.clip(10 * (target - eef) + rng.normal(0, noise, 3), -1, 1)
-    out[3:6] = np.clip(2 * _axis_angle(rot @ m.T), -1, 1)
-    out[6] = grip
-    return out
 
 
 class CanExpert:
@@ -194,10 +196,7 @@ class CanExpert:
         self.side = self.rng.choice([-1.0, 1.0], size=n)
         self.phase = np.zeros(n, int)
         self.clock = np.zeros(n, int)
-        self.down = []
-        for o in task.raw:
-            m = _quat_to_mat(o["robot0_eef_quat"])
-            self.down.append(_rot_z(-_yaw(m)) @ m)
+        self.down = _down_orientations(task.raw)
         self.goal = [np.asarray(env.target_bin_placements[env.object_to_id["can"]], dtype=float) for env in task.active]
         self.hold = [None] * n
 
