@@ -54,3 +54,47 @@ def test_matched_width_and_crossing():
             for m, pts in (("global-trig", [(400, 2.0)]), ("lfm-trig", [(100, 1.9), (400, 1.5)])) for b, v in pts]
     row = {r["method"]: r for r in summarize({"runs": runs})}["lfm-trig"]
     assert row["batches_to_reference_nll"] == 100 and row["batches_to_reference_is_upper_bound"]
+
+
+def test_block_batches_split_and_variant_tasks():
+    import dataclasses
+
+    from torchcfm_local.bench.suite import BUDGETS, TASKS, block_batches, run_task
+
+    tree = TASKS["tree"]
+    assert block_batches(tree, 250) == [250] * 9  # equal split: the recorded runs' allocation
+    heavy = dataclasses.replace(tree, block_weights=(1.0,) * 8 + (8.0,))
+    split = block_batches(heavy, 100)
+    assert sum(split) == 900 and split[-1] == 450 and set(split[:-1]) <= {56, 57}
+    with pytest.raises(ValueError, match="one per block"):
+        block_batches(dataclasses.replace(tree, block_weights=(1.0, 2.0)), 10)
+    with pytest.raises(ValueError, match="without batches"):
+        block_batches(dataclasses.replace(tree, block_weights=(1.0,) * 8 + (1e4,)), 1)
+
+    # a Task / Budget object runs like a named one, with its per-block batches recorded
+    task = dataclasses.replace(TASKS["8gaussians"], steps=(0.1, 0.2), width=16, block_weights=(1.0, 1.0, 2.0))
+    budget = dataclasses.replace(BUDGETS["smoke"], per_block=8, n_eval=100, n_curve=100)
+    run = run_task(task, budget, ["lfm-linear"], progress=False, log=lambda *a: None)
+    assert run.result["budget"] == "custom" and run.result["n_blocks"] == 3
+    assert [r["batches"] for r in run.result["runs"]] == [12, 24]  # fractions 0.5 and 1 of 3 x 8
+    assert math.isfinite(run.result["summary"][0]["test_nll"])
+
+
+def test_ablation_script_smoke(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ablation.py"
+    spec = importlib.util.spec_from_file_location("bench_ablation", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--task", "8gaussians", "--budget", "smoke", "--variants", "paper,N=2",
+                     "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "ablation_8gaussians_smoke.json").read_text())["results"]
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"global-linear", "global-trig", "paper", "N=2"}
+    # equal total batches and parameters (within a width step) across the variants
+    assert rows["N=2"]["batches"] == rows["paper"]["batches"] == rows["global-linear"]["batches"]
+    assert abs(rows["N=2"]["params"] - rows["paper"]["params"]) / rows["paper"]["params"] < 0.02
+    assert rows["N=2"]["n_blocks"] == 2 and sum(rows["N=2"]["steps"]) == pytest.approx(sum(rows["paper"]["steps"]))
+    assert (tmp_path / "ablation_8gaussians_smoke.png").stat().st_size > 0

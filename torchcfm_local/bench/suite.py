@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -48,6 +48,8 @@ class Task:
     lr: float = 1e-3
     warm_start: bool = True
     t_beta: Optional[tuple[float, float]] = None
+    # relative share of the LFM batches per block (one per block, free block last); None: equal
+    block_weights: Optional[tuple[float, ...]] = None
     note: str = ""
 
 
@@ -142,18 +144,43 @@ def _nll(model: LocalFlowMatching, x: torch.Tensor, estimator: str, seed: int) -
     return float(-model.log_prob(x, ode=EVAL_ODE, estimator=estimator, generator=gen).mean())
 
 
-def run_task(task_name: str, budget_name: str = "quick", methods=None, *, root=None, seed: int = 0,
-             progress: bool = True, log=print) -> "BenchRun":
-    """Train and evaluate every method on one task (see the module docstring for the protocol)."""
-    if task_name not in TASKS:
+def block_batches(task: Task, per_block: int) -> list[int]:
+    """LFM batches of each block: ``N * per_block`` shared by ``task.block_weights`` (equal by default)."""
+    n_blocks = len(task.steps) + 1
+    total = n_blocks * per_block
+    weights = task.block_weights or (1.0,) * n_blocks
+    if len(weights) != n_blocks or min(weights) <= 0:
+        raise ValueError(f"block_weights must be {n_blocks} positive numbers (one per block), got {weights}")
+    edges = [round(total * sum(weights[:i]) / sum(weights)) for i in range(n_blocks + 1)]
+    counts = [b - a for a, b in zip(edges, edges[1:])]
+    if min(counts) < 1:
+        raise ValueError(f"{total} batches split by {weights} leave a block without batches")
+    return counts
+
+
+def run_task(task_name: Union[str, Task], budget_name: Union[str, Budget] = "quick", methods=None, *, root=None,
+             seed: int = 0, progress: bool = True, log=print) -> "BenchRun":
+    """Train and evaluate every method on one task (see the module docstring for the protocol).
+
+    ``task_name`` and ``budget_name`` are keys of :data:`TASKS` and :data:`BUDGETS`, or
+    :class:`Task` / :class:`Budget` objects for variants (``dataclasses.replace(TASKS["tree"], ...)``).
+    """
+    if isinstance(task_name, Task):
+        task, task_name = task_name, task_name.dataset
+    elif task_name in TASKS:
+        task = TASKS[task_name]
+    else:
         raise ValueError(f"unknown task {task_name!r}; expected one of {sorted(TASKS)}")
-    if budget_name not in BUDGETS:
+    if isinstance(budget_name, Budget):
+        budget, budget_name = budget_name, "custom"
+    elif budget_name in BUDGETS:
+        budget = BUDGETS[budget_name]
+    else:
         raise ValueError(f"unknown budget {budget_name!r}; expected one of {sorted(BUDGETS)}")
     methods = list(METHODS) if methods is None else list(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected names from {sorted(METHODS)}")
-    task, budget = TASKS[task_name], BUDGETS[budget_name]
     data = datasets.load(task.dataset, root=root, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     train = data.train
@@ -169,6 +196,7 @@ def run_task(task_name: str, budget_name: str = "quick", methods=None, *, root=N
     if min(budget.fractions) * budget.per_block < 1:
         raise ValueError(f"budget {budget_name!r} is too small for a learning curve: "
                          f"{min(budget.fractions)} x {budget.per_block} batches per block < 1")
+    block_batches(task, max(1, round(min(budget.fractions) * budget.per_block)))  # each curve point splits
     test = data.test[torch.randperm(len(data.test), generator=g)[: budget.n_eval]]
     curve_set = data.val[torch.randperm(len(data.val), generator=g)[: budget.n_curve]]
     val = data.val[: budget.n_eval]
@@ -193,12 +221,12 @@ def run_task(task_name: str, budget_name: str = "quick", methods=None, *, root=N
         if local:  # independent runs at each budget fraction
             for frac in budget.fractions:
                 model = build()
-                per_block = max(1, int(round(frac * budget.per_block)))
+                per_block = block_batches(task, max(1, int(round(frac * budget.per_block))))
                 log(f"  {method}: {per_block} batches per block ({frac:.3g} of the budget)")
                 rep = model.fit(train, batches_per_block=per_block, batch_size=batch_size, lr=task.lr,
                                 warm_start=task.warm_start, seed=seed, progress=progress, encode_final_pool=False)
                 runs.append(RunResult(
-                    method, frac, per_block * n_blocks, n_blocks * block_params,
+                    method, frac, sum(per_block), n_blocks * block_params,
                     sum(b.train_seconds for b in rep.blocks), sum(b.pushforward_seconds for b in rep.blocks),
                     _nll(model, curve_set, estimator, seed), block_final_losses=[b.final_loss for b in rep.blocks]))
             models[method] = model
