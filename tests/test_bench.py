@@ -98,3 +98,21 @@ def test_ablation_script_smoke(tmp_path):
     assert abs(rows["N=2"]["params"] - rows["paper"]["params"]) / rows["paper"]["params"] < 0.02
     assert rows["N=2"]["n_blocks"] == 2 and sum(rows["N=2"]["steps"]) == pytest.approx(sum(rows["paper"]["steps"]))
     assert (tmp_path / "ablation_8gaussians_smoke.png").stat().st_size > 0
+
+
+def test_provenance_command_reads_as_typed(monkeypatch):
+    import sys
+    import types
+
+    from torchcfm_local.provenance import _command
+
+    fake_main = types.ModuleType("__main__")
+    fake_main.__spec__ = types.SimpleNamespace(name="torchcfm_local.bench.__main__")
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    monkeypatch.setattr(sys, "argv", ["/site/torchcfm_local/bench/__main__.py", "run", "tree"])
+    assert _command() == "python -m torchcfm_local.bench run tree"
+    fake_main.__spec__ = None
+    monkeypatch.setattr(sys, "argv", ["benchmarks/bench_ablation.py", "--task", "rose"])
+    assert _command() == "python benchmarks/bench_ablation.py --task rose"
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/lfm-bench", "quick"])
+    assert _command() == "lfm-bench quick"

@@ -22,6 +22,18 @@ def _git_commit() -> Optional[str]:
         return None
 
 
+def _command() -> str:
+    """The command line as typed: ``python -m pkg ...``, ``python script.py ...`` or ``console-script ...``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:  # python -m
+        head = "python -m " + spec.name.removesuffix(".__main__")
+    elif sys.argv[0].endswith(".py"):
+        head = "python " + sys.argv[0]
+    else:
+        head = Path(sys.argv[0]).name
+    return " ".join([head] + sys.argv[1:])
+
+
 def provenance() -> dict:
     """Command line, git commit, versions and machine of the current process."""
     import torch
@@ -29,7 +41,7 @@ def provenance() -> dict:
     from . import __version__
 
     return {
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "command": _command(),
         "commit": _git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "torchcfm_local": __version__,
