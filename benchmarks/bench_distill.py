@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import torchcfm_local as tl
+from torchcfm_local.bench.suite import matched_width
 from torchcfm_local.distill import distill, preset_options
 from torchcfm_local.provenance import write_results
 
@@ -38,11 +39,6 @@ QUALITY = tl.ODEOptions(solver="dopri5", atol=1e-5, rtol=1e-5)
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def matched_width(dim: int, target: int, depth: int) -> int:
-    """The MLP(dim, width, depth) width whose parameter count is closest to ``target``."""
-    return min(range(8, 2048), key=lambda w: abs(n_params(tl.MLP(dim, width=w, depth=depth)) - target))
 
 
 def timed_samples(fn, n_eval: int, generator_seed: int):
