@@ -22,7 +22,12 @@ uniform t, equal batches per block):
     python benchmarks/bench_ablation.py --task tree --budget quick    # ~10 min on 2 CPU cores
     python benchmarks/bench_ablation.py --task rose --budget quick --variants paper,N=3
 
-Writes ``<out>/ablation_<task>_<budget>.{json,md}`` and ``ablation_<task>_<budget>.png``.
+    python benchmarks/bench_ablation.py --task tree --budget medium --variants N=5 \
+        --reference benchmarks/results/tree_medium/results.json       # reuse lfm-bench's global flows
+
+Writes ``<out>/ablation_<task>_<budget>[_seedS].{json,md,png}``. ``--reference`` takes the two
+global flows from an ``lfm-bench run`` of the same task, budget and seed instead of training them
+again (the settings are checked, and the file is named in the output).
 """
 from __future__ import annotations
 
@@ -70,6 +75,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--root", default=None, help="directory with MAF files, for the real tabular tasks")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference", default=None, help="results.json of `lfm-bench run TASK --budget BUDGET`")
     args = parser.parse_args(argv)
 
     from torchcfm_local import datasets
@@ -87,12 +94,16 @@ def main(argv=None) -> int:
 
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     tick = time.perf_counter()
-    reference = run_task(base, budget, ["global-linear", "global-trig"], root=args.root, progress=False, log=log)
-    rows = [dict(row, variant=row["method"]) for row in reference.result["summary"]]
+    if args.reference:
+        reference = load_reference(args.reference, args, base, dim)
+    else:
+        reference = run_task(base, budget, ["global-linear", "global-trig"], root=args.root, seed=args.seed,
+                             progress=False, log=log).result
+    rows = [dict(row, variant=row["method"]) for row in reference["summary"] if row["method"].startswith("global")]
     targets = {row["method"]: row["curve"][-1][1] for row in rows}
     for name in chosen:
         task, bud = table[name]
-        run = run_task(task, bud, ["lfm-linear"], root=args.root, progress=False, log=log)
+        run = run_task(task, bud, ["lfm-linear"], root=args.root, seed=args.seed, progress=False, log=log)
         row = dict(run.result["summary"][0], variant=name, n_blocks=run.result["n_blocks"],
                    block_width=run.result["lfm_width"], steps=list(task.steps), warm_start=task.warm_start,
                    t_beta=task.t_beta, block_weights=task.block_weights)
@@ -103,15 +114,32 @@ def main(argv=None) -> int:
         rows.append(row)
         log(f"  {name}: test NLL {row['test_nll']:.4f}")
 
-    result = {"task": args.task, "budget": args.budget, "dim": dim, "base_task": dataclasses.asdict(base),
-              "budget_settings": dataclasses.asdict(budget), "total_batches": reference.result["total_batches"],
+    result = {"task": args.task, "budget": args.budget, "seed": args.seed, "dim": dim,
+              "base_task": dataclasses.asdict(base), "budget_settings": dataclasses.asdict(budget),
+              "total_batches": reference["total_batches"], "reference_file": args.reference,
               "reference_curve_targets": targets, "rows": rows, "seconds": time.perf_counter() - tick}
     text = markdown(result)
-    name = f"ablation_{args.task}_{args.budget}"
+    name = f"ablation_{args.task}_{args.budget}" + (f"_seed{args.seed}" if args.seed else "")
     write_results(args.out, name, result, text)
     figure(result, Path(args.out) / f"{name}.png")
     print(text)
     return 0
+
+
+def load_reference(path: str, args, base: Task, dim: int) -> dict:
+    """The global flows of an ``lfm-bench run`` whose data, batches and widths match this ablation."""
+    import json
+
+    ref = json.loads(Path(path).read_text())["results"]
+    n_blocks = len(base.steps) + 1
+    expected = {"budget": args.budget, "seed": args.seed, "dim": dim, "n_blocks": n_blocks,
+                "global_width": matched_width(dim, n_blocks * mlp_params(dim, base.width, base.depth), base.depth),
+                "total_batches": n_blocks * BUDGETS[args.budget].per_block}
+    found = {k: ref.get(k) for k in expected}
+    if ref["task"]["dataset"] != base.dataset or found != expected:
+        raise ValueError(f"{path} is not a global-flow run of this ablation: expected {base.dataset} with "
+                         f"{expected}, found {ref['task']['dataset']} with {found}")
+    return ref
 
 
 def _reach(row: dict, ref: str) -> str:
@@ -123,8 +151,10 @@ def _reach(row: dict, ref: str) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"### LFM-linear ablations on {result['task']} ({result['budget']} budget): d={result['dim']}, "
-             f"{result['total_batches']} batches per method, equal parameters; NLL in nats on test data\n",
+    source = f"; global flows from `{result['reference_file']}`" if result.get("reference_file") else ""
+    lines = [f"### LFM-linear ablations on {result['task']} ({result['budget']} budget, seed {result['seed']}): "
+             f"d={result['dim']}, {result['total_batches']} batches per method, equal parameters; NLL in nats on "
+             f"test data{source}\n",
              "| variant | blocks x width | params | test NLL | val NLL | energy dist. | NFE/sample | total s "
              "| batches to global-linear NLL | to global-trig NLL |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -88,8 +88,12 @@ def test_ablation_script_smoke(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_ablation", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    # the global flows come from an lfm-bench run of the same task, budget and seed
+    assert main(["run", "8gaussians", "--budget", "smoke", "--methods", "global-linear,global-trig",
+                 "--out", str(tmp_path), "--no-progress", "--no-figures"]) == 0
+    reference = str(tmp_path / "8gaussians_smoke" / "results.json")
     assert mod.main(["--task", "8gaussians", "--budget", "smoke", "--variants", "paper,N=2",
-                     "--out", str(tmp_path)]) == 0
+                     "--out", str(tmp_path), "--reference", reference]) == 0
     data = json.loads((tmp_path / "ablation_8gaussians_smoke.json").read_text())["results"]
     rows = {r["variant"]: r for r in data["rows"]}
     assert set(rows) == {"global-linear", "global-trig", "paper", "N=2"}
@@ -98,6 +102,9 @@ def test_ablation_script_smoke(tmp_path):
     assert abs(rows["N=2"]["params"] - rows["paper"]["params"]) / rows["paper"]["params"] < 0.02
     assert rows["N=2"]["n_blocks"] == 2 and sum(rows["N=2"]["steps"]) == pytest.approx(sum(rows["paper"]["steps"]))
     assert (tmp_path / "ablation_8gaussians_smoke.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="not a global-flow run of this ablation"):
+        mod.main(["--task", "8gaussians", "--budget", "smoke", "--variants", "paper", "--seed", "1",
+                  "--out", str(tmp_path), "--reference", reference])
 
 
 def test_provenance_command_reads_as_typed(monkeypatch):
