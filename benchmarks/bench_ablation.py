@@ -1,23 +1,25 @@
 """Which part of the LFM recipe decides how it compares with a global flow? One-factor ablations.
 
-Every variant changes one thing in a task's LFM-linear recipe (``lfm-bench``'s tasks, DESIGN.md
-section 2) and keeps the protocol of ``lfm-bench``: the same data, the same total parameter count
+Every variant changes one thing in a task's LFM recipe (``lfm-bench``'s tasks, DESIGN.md section 2;
+linear path by default, ``--method lfm-trig`` for the trigonometric one) and keeps the protocol of
+``lfm-bench``: the same data, the same total parameter count
 (block widths are re-matched when the number of blocks changes), the same total training batches,
 independent LFM runs at the budget's fractions for the learning curve, and the same evaluation
 (test NLL by dopri5 at 1e-5, energy distance to test data). The references are the global flows
 with the linear and trigonometric paths, trained once at the same parameters and batches.
 
-Variants (the paper's 2D recipe is N = 9 blocks, OU steps h_n = 0.025 * 1.25^n, warm start,
-uniform t, equal batches per block):
+Variants (the paper's 2D recipe is N = 9 blocks, OU steps h_n = 0.025 * 1.25^(n-1), warm start,
+uniform t, equal batches per block; for other tasks "paper" is the task's own recipe):
 
 * ``paper``: the recipe as is;
 * ``no-warm-start``: every block starts from a fresh initialization;
 * ``t-beta``: training times from Beta(1.5, 1) on the noise(0) -> data(1) axis, more weight near data;
 * ``free-half``: the free (last) block gets half of all batches, the coupled blocks share the rest;
-* ``N=5`` / ``N=3`` / ``N=2``: fewer, wider blocks; geometric steps (ratio 1.25) rescaled to the
-  paper's total OU time (sum of the finite steps, 0.496);
-* ``2x-ou-time``: N = 9 with every step doubled (h0 = 0.05), so the local blocks carry more of the
-  way to noise and the free block starts from a smoother density.
+* ``N=5`` / ``N=3`` / ``N=2``: other numbers of blocks, wider or narrower to keep the parameters;
+  geometric steps (ratio 1.25) rescaled to the recipe's total OU time (the sum of its finite
+  steps, 0.496 for the 2D recipe);
+* ``2x-ou-time``: every step doubled (2D: h0 = 0.05), so the local blocks carry more of the way to
+  noise and the free block starts from a smoother density.
 
     python benchmarks/bench_ablation.py --task tree --budget quick    # ~10 min on 2 CPU cores
     python benchmarks/bench_ablation.py --task rose --budget quick --variants paper,N=3
@@ -25,7 +27,7 @@ uniform t, equal batches per block):
     python benchmarks/bench_ablation.py --task tree --budget medium --variants N=5 \
         --reference benchmarks/results/tree_medium/results.json       # reuse lfm-bench's global flows
 
-Writes ``<out>/ablation_<task>_<budget>[_seedS].{json,md,png}``. ``--reference`` takes the two
+Writes ``<out>/ablation_<task>_<budget>[_seedS][_lfm-trig].{json,md,png}``. ``--reference`` takes the two
 global flows from an ``lfm-bench run`` of the same task, budget and seed instead of training them
 again (the settings are checked, and the file is named in the output).
 """
@@ -76,6 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--root", default=None, help="directory with MAF files, for the real tabular tasks")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", default="lfm-linear", choices=["lfm-linear", "lfm-trig"])
     parser.add_argument("--reference", default=None, help="results.json of `lfm-bench run TASK --budget BUDGET`")
     args = parser.parse_args(argv)
 
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
     targets = {row["method"]: row["curve"][-1][1] for row in rows}
     for name in chosen:
         task, bud = table[name]
-        run = run_task(task, bud, ["lfm-linear"], root=args.root, seed=args.seed, progress=False, log=log)
+        run = run_task(task, bud, [args.method], root=args.root, seed=args.seed, progress=False, log=log)
         row = dict(run.result["summary"][0], variant=name, n_blocks=run.result["n_blocks"],
                    block_width=run.result["lfm_width"], steps=list(task.steps), warm_start=task.warm_start,
                    t_beta=task.t_beta, block_weights=task.block_weights)
@@ -114,12 +117,13 @@ def main(argv=None) -> int:
         rows.append(row)
         log(f"  {name}: test NLL {row['test_nll']:.4f}")
 
-    result = {"task": args.task, "budget": args.budget, "seed": args.seed, "dim": dim,
+    result = {"task": args.task, "budget": args.budget, "seed": args.seed, "method": args.method, "dim": dim,
               "base_task": dataclasses.asdict(base), "budget_settings": dataclasses.asdict(budget),
               "total_batches": reference["total_batches"], "reference_file": args.reference,
               "reference_curve_targets": targets, "rows": rows, "seconds": time.perf_counter() - tick}
     text = markdown(result)
-    name = f"ablation_{args.task}_{args.budget}" + (f"_seed{args.seed}" if args.seed else "")
+    name = (f"ablation_{args.task}_{args.budget}" + (f"_seed{args.seed}" if args.seed else "")
+            + ("" if args.method == "lfm-linear" else f"_{args.method}"))
     write_results(args.out, name, result, text)
     figure(result, Path(args.out) / f"{name}.png")
     print(text)
@@ -152,7 +156,7 @@ def _reach(row: dict, ref: str) -> str:
 
 def markdown(result: dict) -> str:
     source = f"; global flows from `{result['reference_file']}`" if result.get("reference_file") else ""
-    lines = [f"### LFM-linear ablations on {result['task']} ({result['budget']} budget, seed {result['seed']}): "
+    lines = [f"### {result.get('method', 'lfm-linear')} ablations on {result['task']} ({result['budget']} budget, seed {result['seed']}): "
              f"d={result['dim']}, {result['total_batches']} batches per method, equal parameters; NLL in nats on "
              f"test data{source}\n",
              "| variant | blocks x width | params | test NLL | val NLL | energy dist. | NFE/sample | total s "
@@ -179,7 +183,7 @@ def figure(result: dict, path: Path) -> None:
         ax.plot(xs, ys, "--s" if "n_blocks" not in r else "-o", label=r["variant"], lw=2 if "n_blocks" not in r else 1)
     ax.set_xlabel("training batches (all blocks)")
     ax.set_ylabel("NLL (nats), held-out subset")
-    ax.set_title(f"{result['task']}: LFM-linear variants vs global flows ({result['budget']} budget)")
+    ax.set_title(f"{result['task']}: {result.get('method', 'lfm-linear')} variants vs global flows ({result['budget']} budget)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
