@@ -80,14 +80,19 @@ def test_block_batches_split_and_variant_tasks():
     assert math.isfinite(run.result["summary"][0]["test_nll"])
 
 
-def test_ablation_script_smoke(tmp_path):
+def _load_benchmark(name: str):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ablation.py"
-    spec = importlib.util.spec_from_file_location("bench_ablation", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ablation_script_smoke(tmp_path):
+    mod = _load_benchmark("bench_ablation")
     # the global flows come from an lfm-bench run of the same task, budget and seed
     assert main(["run", "8gaussians", "--budget", "smoke", "--methods", "global-linear,global-trig",
                  "--out", str(tmp_path), "--no-progress", "--no-figures"]) == 0
@@ -105,6 +110,17 @@ def test_ablation_script_smoke(tmp_path):
     with pytest.raises(ValueError, match="not a global-flow run of this ablation"):
         mod.main(["--task", "8gaussians", "--budget", "smoke", "--variants", "paper", "--seed", "1",
                   "--out", str(tmp_path), "--reference", reference])
+
+
+def test_diagnose_samples_smoke(tmp_path):
+    mod = _load_benchmark("diagnose_samples")
+    assert mod.main(["--task", "8gaussians", "--budget", "smoke", "--n", "100", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "diagnose_8gaussians_smoke.json").read_text())["results"]
+    assert [r["method"] for r in data["rows"]] == ["global-linear", "lfm-linear"]
+    for r in data["rows"]:
+        assert r["test_norm_quantiles"] == sorted(r["test_norm_quantiles"]) and r["test_norm_quantiles"][0] > 0
+        assert r["sample_norm_quantiles"] == sorted(r["sample_norm_quantiles"])
+        assert 0.2 < r["encoded_test_std_median"] < 5 and math.isfinite(r["nll_own_samples"])
 
 
 def test_provenance_command_reads_as_typed(monkeypatch):
