@@ -274,7 +274,7 @@ def run_task(task_name: Union[str, Task], budget_name: Union[str, Budget] = "qui
 
     result = {
         "task": asdict(task), "budget": budget_name, "budget_settings": asdict(budget), "dataset_info": data.info,
-        "dim": dim, "n_train": len(train), "n_blocks": n_blocks, "lfm_width": width, "global_width": global_width,
+        "dim": dim, "n_train": len(train), "n_test": len(test), "n_val": len(val), "n_blocks": n_blocks, "lfm_width": width, "global_width": global_width,
         "depth": task.depth, "batch_size": batch_size, "total_batches": total_batches, "estimator": estimator,
         "eval_ode": asdict(EVAL_ODE), "seed": seed, "runs": [asdict(r) for r in runs],
     }
@@ -340,7 +340,8 @@ def markdown_table(result: dict) -> str:
     head = (f"### {result['task']['dataset']} ({result['budget']} budget): d={result['dim']}, {result['n_train']} train points, "
             f"{result['total_batches']} batches of {result['batch_size']} per method, LFM {result['n_blocks']} blocks x "
             f"MLP({result['lfm_width']}x{result['depth']}), global MLP({result['global_width']}x{result['depth']}); "
-            f"NLL in nats ({result['estimator']} divergence, dopri5 1e-5); energy distance to {result['budget_settings']['n_eval']} test points\n")
+            f"NLL in nats ({result['estimator']} divergence, dopri5 1e-5); energy distance to "
+            f"{result.get('n_test', result['budget_settings']['n_eval'])} test points\n")
     lines = [head,
              "| method | params | test NLL | val NLL | energy dist. | NFE/sample | train s | push s | total s | batches to global NLL |",
              "|---|---|---|---|---|---|---|---|---|---|"]
