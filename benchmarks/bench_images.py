@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from torchcfm_local.images import to_model_space
-from torchcfm_local.images.train import CONFIGS, build_model, evaluate, load_images, make_extractor, save_grid, trajectory_figure
+from torchcfm_local.images.train import (CONFIGS, build_model, evaluate, fit_model, load_images, make_extractor, save_grid,
+                                         summary_row, trajectory_figure)
 from torchcfm_local.provenance import write_results
 from torchcfm_local.solvers import ODEOptions
 
@@ -57,21 +58,14 @@ def main():
     for method in ("global", "lfm"):
         torch.manual_seed(args.seed)
         model = build_model(tuple(train.shape[1:]), config, method).to(args.device)
-        per_block = args.batches_per_block * (config.n_blocks if method == "global" else 1)
-        report = model.fit(x, batches_per_block=per_block, batch_size=config.batch_size, lr=config.lr,
-                           warmup=min(config.warmup, per_block // 10), ema_decay=config.ema_decay,
-                           grad_clip=config.grad_clip, amp=args.amp, seed=args.seed)
+        report = fit_model(model, x, config, args.batches_per_block, amp=args.amp, seed=args.seed)
         ode = ODEOptions("rk4", steps=max(1, args.ode_steps // model.n_blocks))
         result = evaluate(model, train, test, extractor=extractor, n_samples=args.samples, n_bpd=args.bpd_images,
                           ode=ode, seed=args.seed)
         save_grid(result.samples, out / f"{name}_{method}_samples.png", title=f"{method}: {result.metric} {result.distance:.2f}")
         if method == "lfm":
             trajectory_figure(model, out / f"{name}_lfm_trajectory.png", ode=ode)
-        rows.append({"method": method, "parameters": sum(p.numel() for p in model.parameters()),
-                     "batches": sum(b.batches for b in report.blocks), "metric": result.metric,
-                     "distance": result.distance, "bits_per_dim": result.bits_per_dim,
-                     "nfe_per_sample": result.nfe_per_sample, "train_seconds": sum(b.train_seconds for b in report.blocks),
-                     "sample_seconds": result.sample_seconds, "device": str(model.device)})
+        rows.append(summary_row(method, model, report, result))
     save_grid(train[: 256], out / f"{name}_data.png", title="training images")
     metric = rows[0]["metric"]
     lines = [f"## {args.dataset}: global flow vs LFM (U-Net blocks), equal parameters and batches", "",

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from torchcfm_local.images import to_model_space
-from torchcfm_local.images.train import CONFIGS, build_model, evaluate, load_images, make_extractor, save_grid, trajectory_figure
+from torchcfm_local.images.train import (CONFIGS, build_model, evaluate, fit_model, load_images, make_extractor, save_grid,
+                                         summary_row, trajectory_figure)
 from torchcfm_local.solvers import ODEOptions
 
 
@@ -57,14 +58,10 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = build_model(tuple(train.shape[1:]), config, args.method).to(args.device)
     x = to_model_space(train, generator=torch.Generator().manual_seed(args.seed))  # one dequantization draw
-    per_block = args.batches_per_block * (config.n_blocks if args.method == "global" else 1)
     out = Path(args.out)
-    report = model.fit(
-        x, batches_per_block=per_block, batch_size=min(args.batch_size or config.batch_size, len(x)),
-        lr=args.lr or config.lr, warmup=min(config.warmup, per_block // 10), ema_decay=config.ema_decay,
-        grad_clip=config.grad_clip, amp=args.amp, seed=args.seed, checkpoint_dir=out / "checkpoint",
-        resume=args.resume, progress=not args.no_progress,
-    )
+    report = fit_model(model, x, config, args.batches_per_block, batch_size=args.batch_size, lr=args.lr, amp=args.amp,
+                       seed=args.seed, checkpoint_dir=out / "checkpoint", resume=args.resume,
+                       progress=not args.no_progress)
     ode = ODEOptions("rk4", steps=max(1, args.ode_steps // model.n_blocks))
     extractor = make_extractor(train, labels, args.dataset, args.features, args.inception_weights, args.device,
                                args.proxy_steps)
@@ -72,10 +69,7 @@ def main(argv=None):
                       seed=args.seed)
     save_grid(result.samples, out / "samples.png", title=f"{args.method} samples")
     trajectory_figure(model, out / "trajectory.png", ode=ode)
-    metrics = {"method": args.method, "dataset": args.dataset, "parameters": sum(p.numel() for p in model.parameters()),
-               "metric": result.metric, "distance": result.distance, "bits_per_dim": result.bits_per_dim,
-               "nfe_per_sample": result.nfe_per_sample, "train_seconds": sum(b.train_seconds for b in report.blocks),
-               "total_batches": sum(b.batches for b in report.blocks), "device": str(model.device)}
+    metrics = {"dataset": args.dataset, **summary_row(args.method, model, report, result)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics))
     return metrics

@@ -41,7 +41,7 @@ def test_train_images_example_smoke_on_cifar_format(tmp_path):
             "--samples", "16", "--bpd-images", "4", "--ode-steps", "4", "--features", "proxy", "--proxy-steps", "5",
             "--out", str(out), "--no-progress"]
     metrics = main(args)
-    assert metrics["total_batches"] == 8 and metrics["metric"].startswith("proxy")
+    assert metrics["batches"] == 8 and metrics["metric"].startswith("proxy")
     assert metrics["distance"] >= 0 and 0 < metrics["bits_per_dim"] < 30
     assert (out / "samples.png").exists() and (out / "trajectory.png").exists()
     assert json.loads((out / "metrics.json").read_text())["parameters"] == metrics["parameters"]

@@ -24,8 +24,8 @@ from .data import digits_images, load_cifar10, load_image_folder, to_model_space
 from .fid import InceptionFeatures, InceptionWeightsUnavailable, ProxyFeatures, feature_stats, fid_from_stats, metric_label
 from .unet import CIFAR10_PAPER, CIFAR10_TORCHCFM, UNetVelocity
 
-__all__ = ["ImageConfig", "CONFIGS", "load_images", "build_model", "evaluate", "ImageEval", "make_extractor",
-           "save_grid", "trajectory_figure"]
+__all__ = ["ImageConfig", "CONFIGS", "load_images", "build_model", "fit_model", "evaluate", "ImageEval",
+           "summary_row", "make_extractor", "save_grid", "trajectory_figure"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,16 @@ def build_model(shape, config: ImageConfig, method: str = "lfm") -> LocalFlowMat
     return LocalFlowMatching(shape, schedule, velocity_factory=lambda n: UNetVelocity(shape, **unet))
 
 
+def fit_model(model: LocalFlowMatching, x: torch.Tensor, config: ImageConfig, batches_per_block: int, *,
+              batch_size: Optional[int] = None, lr: Optional[float] = None, **fit_kwargs):
+    """``model.fit`` with ``config``'s optimizer settings at equal total batches: an LFM block gets
+    ``batches_per_block``, a one-block (global) model ``config.n_blocks`` times as many."""
+    per_block = batches_per_block * config.n_blocks // model.n_blocks
+    return model.fit(x, batches_per_block=per_block, batch_size=min(batch_size or config.batch_size, len(x)),
+                     lr=lr or config.lr, warmup=min(config.warmup, per_block // 10), ema_decay=config.ema_decay,
+                     grad_clip=config.grad_clip, **fit_kwargs)
+
+
 @dataclass
 class ImageEval:
     """Evaluation of an image model."""
@@ -128,6 +138,15 @@ def evaluate(model: LocalFlowMatching, reference: torch.Tensor, test: torch.Tens
     return ImageEval(metric_label(extractor.name), distance, bpd, n_samples, len(y), nfe, seconds, samples)
 
 
+def summary_row(method: str, model: LocalFlowMatching, report, result: ImageEval) -> dict:
+    """The numbers of one trained and evaluated image model, as written by the example and the benchmark."""
+    return {"method": method, "parameters": sum(p.numel() for p in model.parameters()),
+            "batches": sum(b.batches for b in report.blocks), "metric": result.metric, "distance": result.distance,
+            "bits_per_dim": result.bits_per_dim, "nfe_per_sample": result.nfe_per_sample,
+            "train_seconds": sum(b.train_seconds for b in report.blocks), "sample_seconds": result.sample_seconds,
+            "device": str(model.device)}
+
+
 def make_extractor(reference: torch.Tensor, labels, dataset: str, kind: str = "auto", inception_weights=None,
                    device="cpu", proxy_steps: int = 300):
     """Features for the Frechet distance. ``kind="auto"``: the real FID network when available
@@ -146,11 +165,9 @@ def make_extractor(reference: torch.Tensor, labels, dataset: str, kind: str = "a
 
 def save_grid(images: torch.Tensor, path, nrow: int = 16, title: Optional[str] = None):
     """A grid of uint8 images ``(N, C, H, W)`` as a PNG (matplotlib)."""
-    import matplotlib
+    from ..bench.plots import _plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     images = images[: nrow * nrow].numpy()
     n, c, h, w = images.shape
     rows = math.ceil(n / nrow)
