@@ -156,7 +156,7 @@ def _reach(row: dict, ref: str) -> str:
 
 def markdown(result: dict) -> str:
     source = f"; global flows from `{result['reference_file']}`" if result.get("reference_file") else ""
-    lines = [f"### {result.get('method', 'lfm-linear')} ablations on {result['task']} ({result['budget']} budget, seed {result['seed']}): "
+    lines = [f"### {result['method']} ablations on {result['task']} ({result['budget']} budget, seed {result['seed']}): "
              f"d={result['dim']}, {result['total_batches']} batches per method, equal parameters; NLL in nats on "
              f"test data{source}\n",
              "| variant | blocks x width | params | test NLL | val NLL | energy dist. | NFE/sample | total s "
@@ -183,7 +183,7 @@ def figure(result: dict, path: Path) -> None:
         ax.plot(xs, ys, "--s" if "n_blocks" not in r else "-o", label=r["variant"], lw=2 if "n_blocks" not in r else 1)
     ax.set_xlabel("training batches (all blocks)")
     ax.set_ylabel("NLL (nats), held-out subset")
-    ax.set_title(f"{result['task']}: {result.get('method', 'lfm-linear')} variants vs global flows ({result['budget']} budget)")
+    ax.set_title(f"{result['task']}: {result['method']} variants vs global flows ({result['budget']} budget)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

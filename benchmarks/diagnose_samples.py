@@ -74,8 +74,10 @@ def main(argv=None) -> int:
              "| method | test NLL | energy dist. | sample norm q10/50/90/99 | test norm q10/50/90/99 "
              "| sample/test std (median dim) | std of encode(test) (median dim) | NLL of own samples |",
              "|---|---|---|---|---|---|---|---|"]
+    def fmt(values):
+        return "/".join(f"{x:.3f}" for x in values)
+
     for r in rows:
-        fmt = lambda v: "/".join(f"{x:.3f}" for x in v)  # noqa: E731
         lines.append(f"| {r['method']} | {r['test_nll']:.2f} | {r['energy_distance']:.4f} | "
                      f"{fmt(r['sample_norm_quantiles'])} | {fmt(r['test_norm_quantiles'])} | "
                      f"{r['std_ratio_median']:.3f} | {r['encoded_test_std_median']:.3f} | {r['nll_own_samples']:.2f} |")

@@ -114,7 +114,7 @@ def _settle_at_exit():
     # stop, an exception) can reach interpreter finalization while that thread still waits for the
     # GIL; the thread is then killed inside a C++ destructor and the process aborts ("terminate
     # called without an active exception": 6 of 72 two-process gloo runs of the stop-after-block
-    # example with torch 2.14). Sleeping releases the GIL so those threads finish first (0 of 60).
+    # example with torch 2.14). Sleeping releases the GIL so those threads finish first (0 of 100).
     time.sleep(0.2)
 
 

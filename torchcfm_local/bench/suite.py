@@ -341,7 +341,7 @@ def markdown_table(result: dict) -> str:
             f"{result['total_batches']} batches of {result['batch_size']} per method, LFM {result['n_blocks']} blocks x "
             f"MLP({result['lfm_width']}x{result['depth']}), global MLP({result['global_width']}x{result['depth']}); "
             f"NLL in nats ({result['estimator']} divergence, dopri5 1e-5); energy distance to "
-            f"{result.get('n_test', result['budget_settings']['n_eval'])} test points\n")
+            f"{result['n_test']} test points\n")
     lines = [head,
              "| method | params | test NLL | val NLL | energy dist. | NFE/sample | train s | push s | total s | batches to global NLL |",
              "|---|---|---|---|---|---|---|---|---|---|"]
