@@ -1,6 +1,6 @@
 """Which part of the LFM recipe decides how it compares with a global flow? One-factor ablations.
 
-Every variant changes one thing in a task's LFM recipe (``lfm-bench``'s tasks, DESIGN.md section 2;
+Every variant changes one thing in a task's LFM recipe (``lfm-bench``'s tasks, with the paper's schedules where it gives one;
 linear path by default, ``--method lfm-trig`` for the trigonometric one) and keeps the protocol of
 ``lfm-bench``: the same data, the same total parameter count
 (block widths are re-matched when the number of blocks changes), the same total training batches,
@@ -38,8 +38,9 @@ import dataclasses
 import time
 from pathlib import Path
 
-from torchcfm_local.bench.suite import BUDGETS, TASKS, Budget, Task, matched_width, mlp_params, run_task, _crossing
-from torchcfm_local.provenance import write_results
+from torchcfm_local.bench.protocol import matched_width, mlp_params, run_task
+from torchcfm_local.bench.registry import BUDGETS, TASKS, Budget, Task
+from torchcfm_local.bench.report import first_crossing as _crossing, write_results
 from torchcfm_local.schedule import OUSchedule
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -174,7 +175,7 @@ def markdown(result: dict) -> str:
 
 
 def figure(result: dict, path: Path) -> None:
-    from torchcfm_local.bench.plots import _plt
+    from torchcfm_local.bench.plots import require_matplotlib as _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))

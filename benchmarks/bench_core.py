@@ -17,8 +17,8 @@ import torch
 from torchcfm.conditional_flow_matching import VariancePreservingConditionalFlowMatcher
 
 import torchcfm_local as tl
-from torchcfm_local.composer import PUSHFORWARD_ODE
-from torchcfm_local.provenance import write_results
+from torchcfm_local.training import PUSHFORWARD_ODE
+from torchcfm_local.bench.report import write_results
 
 
 def step_overhead(dim: int, batch_size: int = 256, steps: int = 300, rounds: int = 7) -> dict:

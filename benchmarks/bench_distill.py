@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 
 import torchcfm_local as tl
-from torchcfm_local.bench.suite import matched_width
-from torchcfm_local.distill import distill, preset_options
-from torchcfm_local.provenance import write_results
+from torchcfm_local.bench.protocol import matched_width
+from torchcfm_local.bench.report import write_results
+from torchcfm_local.distillation import distill
+from torchcfm_local.sampling import preset_options
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUALITY = tl.ODEOptions(solver="dopri5", atol=1e-5, rtol=1e-5)
@@ -120,7 +121,7 @@ def run_dataset(name: str, args) -> tuple[list[dict], dict]:
                           test, len(test), params)
         rows.append(row)
         grids[f"{label} teacher dopri5"] = x
-        fast = preset_options(model, "fast")
+        fast = preset_options("fast")
         for solver, steps in solver_grid[label]:
             ode = tl.ODEOptions(solver=solver, steps=steps)
             tag = " (fast preset)" if ode == fast else ""

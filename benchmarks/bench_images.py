@@ -25,7 +25,7 @@ import torch
 from torchcfm_local.images import to_model_space
 from torchcfm_local.images.train import (CONFIGS, build_model, evaluate, fit_model, load_images, make_extractor, save_grid,
                                          summary_row, trajectory_figure)
-from torchcfm_local.provenance import write_results
+from torchcfm_local.bench.report import write_results
 from torchcfm_local.solvers import ODEOptions
 
 ROOT = Path(__file__).resolve().parent.parent

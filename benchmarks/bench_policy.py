@@ -26,7 +26,7 @@ import torch
 
 from torchcfm_local.policy import collect_demos, evaluate, make_env
 from torchcfm_local.policy.cli import build_policy
-from torchcfm_local.provenance import write_results
+from torchcfm_local.bench.report import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 

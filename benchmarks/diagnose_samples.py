@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from torchcfm_local.bench.suite import BUDGETS, EVAL_ODE, METHODS, TASKS, run_task
-from torchcfm_local.provenance import write_results
+from torchcfm_local.bench.protocol import EVAL_ODE, run_task
+from torchcfm_local.bench.registry import BUDGETS, METHODS, TASKS
+from torchcfm_local.bench.report import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUANTILES = (0.1, 0.5, 0.9, 0.99)

@@ -13,7 +13,8 @@ import argparse
 import torch
 
 import torchcfm_local as tl
-from torchcfm_local.distill import distill, sample
+from torchcfm_local.distillation import distill
+from torchcfm_local.sampling import sample
 
 SIZES = {  # n_train, teacher batches per block, MLP width, distillation pairs, distillation batches
     "tiny": dict(n_train=3000, batches=150, width=48, n_pairs=3000, distill_batches=150),

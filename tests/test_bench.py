@@ -7,7 +7,8 @@ import torch
 import torchcfm_local as tl
 
 from torchcfm_local.bench import main
-from torchcfm_local.bench.suite import _crossing, matched_width, mlp_params
+from torchcfm_local.bench.protocol import matched_width, mlp_params
+from torchcfm_local.bench.report import first_crossing as _crossing
 
 
 def test_smoke_run_writes_results(tmp_path, capsys):
@@ -50,7 +51,7 @@ def test_matched_width_and_crossing():
     assert _crossing(curve, 2.25) == pytest.approx(300)
     assert _crossing(curve, 3.5) == 100
     assert _crossing(curve, 1.0) is None
-    from torchcfm_local.bench.suite import summarize
+    from torchcfm_local.bench.report import summarize
 
     runs = [dict(method=m, batches=b, curve_nll=v, params=1, test_nll=v, val_nll=v, energy_distance=0.0,
                  sample_nfe=1, sample_seconds_per_1000=1.0, train_seconds=1.0, pushforward_seconds=0.0, eval_seconds=0.0)
@@ -59,10 +60,81 @@ def test_matched_width_and_crossing():
     assert row["batches_to_reference_nll"] == 100 and row["batches_to_reference_is_upper_bound"]
 
 
+def test_width_for_parameters_is_the_closest_width():
+    from torch import nn
+
+    from torchcfm_local.networks import count_parameters, width_for_parameters
+
+    def mlp(w):
+        return tl.MLP(3, width=w, depth=2)
+
+    counts = {w: count_parameters(mlp(w)) for w in range(1, 80)}
+    for target in (5, counts[1], counts[7] + 1, (counts[20] + counts[21]) // 2, counts[50] - 3, counts[64]):
+        best = min(counts, key=lambda w: (abs(counts[w] - target), w))  # closest, the smaller on a tie
+        for start in (None, 1, 30, 79, 500):
+            assert width_for_parameters(mlp, target, start=start) == best, (target, start)
+    # nn.Linear(1, w) has 2w parameters: a tie between widths goes to the smaller one
+    assert width_for_parameters(lambda w: nn.Linear(1, w), 7) == 3
+    # widths in steps of 32: 96 (192 parameters) is closer to 200 than 128 (256)
+    assert width_for_parameters(lambda w: nn.Linear(1, w), 200, step=32, start=1024) == 96
+    assert width_for_parameters(lambda w: nn.Linear(1, w), 1, step=32) == 32
+    # probing does not advance torch's global generator
+    torch.manual_seed(0)
+    width_for_parameters(mlp, counts[40])
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
+    with pytest.raises(ValueError, match="target must be a positive int"):
+        width_for_parameters(mlp, 0)
+    with pytest.raises(ValueError, match="step must be a positive int"):
+        width_for_parameters(mlp, 100, step=0)
+
+
+def test_registry_entries_are_named_and_checked():
+    import dataclasses
+
+    from torchcfm import conditional_flow_matching as cfm
+
+    from torchcfm_local.bench.registry import BUDGETS, METHODS, TASKS, Method
+
+    assert METHODS["lfm-trig"] == Method(schedule="lfm", path="trig") and METHODS["lfm-trig"].local
+    assert not METHODS["global-linear"].local
+    assert type(METHODS["global-linear"].matcher()) is cfm.ConditionalFlowMatcher
+    assert type(METHODS["lfm-trig"].matcher()) is cfm.VariancePreservingConditionalFlowMatcher
+    assert TASKS["tree"].n_blocks == 9 and TASKS["gas"].n_blocks == 2
+    with pytest.raises(ValueError, match="Method.schedule must be 'global' or 'lfm'"):
+        Method("local", "trig")
+    with pytest.raises(ValueError, match="Method.path must be one of"):
+        Method("lfm", "cosine")
+    with pytest.raises(ValueError, match="Budget.per_block must be a positive int"):
+        dataclasses.replace(BUDGETS["smoke"], per_block=0)
+    with pytest.raises(ValueError, match=r"Budget.fractions must be numbers in \(0, 1\]"):
+        dataclasses.replace(BUDGETS["smoke"], fractions=(0.5, 2.0))
+    with pytest.raises(ValueError, match=r"Task.steps\[1\] must be a positive finite number"):
+        dataclasses.replace(TASKS["tree"], steps=(0.1, -0.2))
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        from torchcfm_local.bench.protocol import run_task
+
+        run_task("8gaussians", "smoke", seed=-1)
+
+
+def test_require_matplotlib_names_the_extra(monkeypatch):
+    import sys
+
+    from torchcfm_local.bench.plots import require_matplotlib
+
+    plt = require_matplotlib()
+    assert plt.get_backend().lower() == "agg"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    with pytest.raises(ImportError, match=r"pip install \"torchcfm-local\[bench\]\""):
+        require_matplotlib()
+
+
 def test_block_batches_split_and_variant_tasks():
     import dataclasses
 
-    from torchcfm_local.bench.suite import BUDGETS, TASKS, block_batches, run_task
+    from torchcfm_local.bench.protocol import block_batches, run_task
+    from torchcfm_local.bench.registry import BUDGETS, TASKS
 
     tree = TASKS["tree"]
     assert block_batches(tree, 250) == [250] * 9  # equal split: the recorded runs' allocation
@@ -138,7 +210,7 @@ def test_provenance_command_reads_as_typed(monkeypatch):
     import sys
     import types
 
-    from torchcfm_local.provenance import _command
+    from torchcfm_local.bench.report import _command
 
     fake_main = types.ModuleType("__main__")
     fake_main.__spec__ = types.SimpleNamespace(name="torchcfm_local.bench.__main__")

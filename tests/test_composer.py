@@ -5,6 +5,7 @@ import torch
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
 
 import torchcfm_local as tl
+from torchcfm_local.training import TrainingPool
 from conftest import small_mlp, two_gaussians
 
 
@@ -237,7 +238,7 @@ def test_kill_during_pushforward_keeps_the_trained_block(tmp_path, monkeypatch):
     def die(*args, **kwargs):
         raise Crash
 
-    monkeypatch.setattr(tl.LocalFlowMatching, "_push_pool", die)
+    monkeypatch.setattr(TrainingPool, "push", die)
     with pytest.raises(Crash):
         crashed.fit(x, checkpoint_dir=tmp_path, **FIT)
     monkeypatch.undo()
@@ -258,7 +259,7 @@ def test_checkpoint_dir_guards(tmp_path):
         make().fit(x, checkpoint_dir=tmp_path, resume=True, **{**FIT, "batch_size": 32})
     with pytest.raises(ValueError, match="other data"):
         make().fit(two_gaussians(500, seed=7), checkpoint_dir=tmp_path, resume=True, **FIT)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"holds a run of shape .*; this model has shape"):
         tl.LocalFlowMatching(2, tl.OUSchedule(0.3, 1.5, 4), velocity_factory=small_mlp).fit(
             x, checkpoint_dir=tmp_path, resume=True, **FIT
         )
@@ -330,11 +331,11 @@ def test_bad_velocity_factories():
 
 
 def test_bad_constructor_arguments():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="schedule must be an OUSchedule"):
         tl.LocalFlowMatching(2, schedule=[0.1, 0.2])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="dim must be a positive int"):
         tl.LocalFlowMatching(0, tl.OUSchedule(0.1, 1.0, 2))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="matcher must be a torchcfm ConditionalFlowMatcher"):
         tl.LocalFlowMatching(2, tl.OUSchedule(0.1, 1.0, 2), matcher="ot")
 
 
@@ -348,7 +349,7 @@ def test_untrained_model_cannot_sample_or_encode():
 
 def test_sampling_input_checks(trained_2d):
     lfm, _, _ = trained_2d
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n must be a positive int"):
         lfm.sample(0)
     with pytest.raises(ValueError, match="shape"):
         lfm.decode(torch.zeros(4, 3))
@@ -397,7 +398,7 @@ def test_log_prob_bad_input(trained_2d):
         lfm.log_prob(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="NaN"):
         lfm.log_prob(torch.tensor([[0.0, float("nan")]]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="estimator must be one of"):
         lfm.log_prob(torch.zeros(4, 2), estimator="skilling")
     with pytest.raises(RuntimeError, match="trained"):
         make().log_prob(torch.zeros(4, 2))

@@ -1,4 +1,4 @@
-"""Distillation into one-step students (torchcfm_local.distill) and the sampling presets."""
+"""Distillation into one-step students (torchcfm_local.distillation) and the sampling presets (torchcfm_local.sampling)."""
 import math
 import runpy
 from pathlib import Path
@@ -9,16 +9,15 @@ from torchcfm.conditional_flow_matching import ConditionalFlowMatcher, VarianceP
 
 import torchcfm_local as tl
 from conftest import small_mlp, two_gaussians
-from torchcfm_local.distill import (
+from torchcfm_local.distillation import (
     DistilledSampler,
     Segment,
     distill,
     distill_plan,
-    preset_options,
-    sample,
     step_coefficients,
     teacher_pairs,
 )
+from torchcfm_local.sampling import SAMPLING_PRESETS, preset_options, sample
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FAST_DISTILL = dict(n_pairs=3000, n_val=1000, batch_size=256, seed=0, progress=False)
@@ -218,8 +217,8 @@ def test_global_m_step_distillation(teachers, m):
 # ---------------------------------------------------------------- presets
 def test_presets_for_every_sampler(teachers, lfm_k1):
     lfm, glob = teachers
-    assert preset_options(lfm, "quality").solver == "dopri5"
-    assert preset_options(lfm, "fast") == preset_options(glob, "fast") == tl.ODEOptions(solver="midpoint", steps=4)
+    assert preset_options("quality").solver == "dopri5"
+    assert preset_options("fast") == tl.ODEOptions(solver="midpoint", steps=4)
     x, stats = sample(lfm, 50, preset="fast", generator=torch.Generator().manual_seed(0))
     assert x.shape == (50, 2) and stats.nfe == 3 * 4 * 2  # 3 blocks x 4 midpoint steps x 2 evaluations
     _, stats = sample(glob, 50, preset="fast")
@@ -230,7 +229,82 @@ def test_presets_for_every_sampler(teachers, lfm_k1):
         x, stats = sample(lfm_k1, 50, preset=preset, generator=torch.Generator().manual_seed(0))
         assert stats.nfe == 3
     with pytest.raises(ValueError, match="unknown sampling preset"):
-        preset_options(lfm, "turbo")
+        preset_options("turbo")
+
+
+# ---------------------------------------------------------------- re-entrancy, the one training loop, checks
+SMALL_DISTILL = dict(n_pairs=300, n_val=100, batch_size=64, seed=0, progress=False)
+
+
+def test_pairs_count_their_own_evaluations(teachers):
+    """Partial segments integrate a bound view: the teacher's shared field counter is neither reset nor read."""
+    _, glob = teachers
+    shared = glob.field(1)
+    shared.nfe = 1000
+    _, nfe = teacher_pairs(glob, distill_plan(1, splits=2), held_out_z(100), ode=tl.ODEOptions(solver="rk4", steps=8))
+    assert nfe == [16.0, 16.0]  # 4 RK4 steps of 4 evaluations per half block
+    assert shared.nfe == 1000
+
+
+def test_students_train_through_the_step_loop(teachers):
+    lfm, _ = teachers
+    calls = []
+    sampler = distill(lfm, k=1, batches=[3, 1, 2], lr_decay=None, callback=lambda *a: calls.append(a), **SMALL_DISTILL)
+    assert [(s, b) for s, b, _ in calls] == [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1), (3, 2)]
+    assert [loss for *_, loss in calls] == [loss for st in sampler.report.stages for loss in st.losses]
+    assert [st.batches for st in sampler.report.stages] == [3, 1, 2]
+    # every evaluation inside distill went through a view: the students' own counters are untouched
+    assert all(st.field.nfe == 0 for st in sampler.students)
+    with pytest.raises(FloatingPointError, match=r"distill stage 1/3: loss became .* at batch \d+; lower lr"):
+        distill(lfm, k=1, batches=50, lr=1e30, lr_decay=None, **SMALL_DISTILL)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(lr=0.0), "lr must be a positive finite number"),
+    (dict(lr=float("nan")), "lr must be a positive finite number"),
+    (dict(lr_decay="linear"), "lr_decay must be None or 'cosine'"),
+    (dict(batches=[5, 5]), r"batches must be a positive int or one int per stage \(3 values\)"),
+    (dict(batches=[5, 0, 5]), r"batches must be a positive int or one int per stage \(3 values\)"),
+    (dict(n_val=1), "n_val must be an int >= 2"),
+    (dict(n_pairs=0), "n_pairs must be a positive int"),
+    (dict(batch_size=True), "batch_size must be a positive int"),
+])
+def test_bad_settings_are_refused_before_any_pairs(teachers, monkeypatch, kwargs, match):
+    import torchcfm_local.distillation.orchestrator as orchestrator
+
+    def no_pairs(*args, **kw):
+        raise AssertionError("pairs were generated before the settings were checked")
+
+    monkeypatch.setattr(orchestrator, "teacher_pairs", no_pairs)
+    with pytest.raises(ValueError, match=match):
+        distill(teachers[0], k=1, **{**SMALL_DISTILL, **kwargs})
+
+
+def test_sample_resolves_presets_per_sampler(teachers, lfm_k1):
+    lfm, _ = teachers
+    assert set(SAMPLING_PRESETS) == {"fast", "quality"}
+    _, stats = sample(lfm, 20, preset="euler")  # a solver name is ODE options, not a preset
+    assert stats.nfe == 3 * lfm.ode.steps
+    with pytest.raises(ValueError, match="unknown sampling preset 'turbo'"):
+        sample(lfm, 5, preset="turbo")
+    with pytest.raises(ValueError, match="unknown sampling preset 'euler'"):
+        sample(lfm_k1, 5, preset="euler")
+    with pytest.raises(TypeError, match="it has no ODE"):
+        sample(lfm_k1, 5, preset=tl.ODEOptions(solver="euler", steps=1))
+    # a one-step map has nothing for a preset to choose: decode takes none
+    with pytest.raises(TypeError, match="preset"):
+        lfm_k1.decode(held_out_z(4), preset="fast")
+
+
+def test_docstrings_keep_their_latex():
+    """The maths in the docstrings is raw text: ``\\theta`` is not a tab followed by "heta"."""
+    import torchcfm_local.distillation as distillation
+    from torchcfm_local.distillation import OneStepMap, orchestrator, plan, students
+
+    for obj in (distillation, plan, students, orchestrator, step_coefficients, OneStepMap, OneStepMap.apply, distill):
+        assert not any(c in obj.__doc__ for c in "\t\a\b\v\f"), obj
+    assert r"\theta" in step_coefficients.__doc__ and r"\tfrac{\pi}{2}" in step_coefficients.__doc__
+    assert r"\theta" in distill.__doc__ and r"\mathcal{L}(\theta)" in orchestrator.__doc__
 
 
 # ---------------------------------------------------------------- the example

@@ -12,6 +12,8 @@ import torch
 
 import torchcfm_local as tl
 from torchcfm_local import composer
+from torchcfm_local.training import TrainingPool
+from torchcfm_local.training import fitting as training_fit
 from torchcfm_local.distributed import DistContext, shard
 from torchcfm_local.pool import MemmapPool, PoolDirError
 
@@ -98,7 +100,7 @@ def test_fit_with_memmap_pool_equals_in_memory_fit(tmp_path):
     assert meta["after_block"] == 3  # encode_final_pool pushed it through every block
 
 
-def test_resume_reuses_the_memmap_pool(tmp_path):
+def test_resume_reuses_the_memmap_pool(tmp_path, monkeypatch):
     x = tl.datasets.load("moons", n_train=600, n_val=10, n_test=10, seed=0).train
     kw = dict(batches_per_block=25, batch_size=64, seed=3, chunk_size=128, progress=False, pool_dir=tmp_path / "pool")
     ref = _small_lfm()
@@ -114,9 +116,9 @@ def test_resume_reuses_the_memmap_pool(tmp_path):
     assert json.loads((tmp_path / "pool" / "pool.json").read_text())["after_block"] == 2
     assert not (tmp_path / "ckpt" / "pool.pt").exists()  # the pool lives in pool_dir only
     pushes = []
-    real_push = tl.LocalFlowMatching._push_pool
+    real_push = TrainingPool.push
     resumed = _small_lfm(seed=99)
-    resumed._push_pool = lambda n, *a, **k: (pushes.append(n), real_push(resumed, n, *a, **k))[1]
+    monkeypatch.setattr(TrainingPool, "push", lambda pool, model, n, *a, **k: (pushes.append(n), real_push(pool, model, n, *a, **k))[1])
     resumed.fit(x, checkpoint_dir=tmp_path / "ckpt", resume=True, **kw)
     assert pushes == [3]  # blocks 1-2 were not pushed again: the pool on disk was reused
     assert torch.equal(_params(ref), _params(resumed))
@@ -152,10 +154,10 @@ def test_ranks_must_agree_and_split_the_batch(monkeypatch):
             return [obj, {**obj, "training data": [600.0, 2.0]}]
 
     with pytest.raises(ValueError, match="differ in training data: rank 0: .*rank 1"):
-        tl.LocalFlowMatching._check_ranks_agree(TwoRanks(0, 2), values)
-    tl.LocalFlowMatching._check_ranks_agree(DistContext(), values)  # one process: nothing to compare
+        TwoRanks(0, 2).check_agree(values)
+    DistContext().check_agree(values)  # one process: nothing to compare
 
-    monkeypatch.setattr(composer, "dist_context", lambda *a, **k: DistContext(0, 3))
+    monkeypatch.setattr(training_fit, "dist_context", lambda *a, **k: DistContext(0, 3))
     with pytest.raises(ValueError, match="divisible by the number of ranks"):
         _small_lfm().fit(torch.randn(100, 2), batches_per_block=2, batch_size=64, progress=False)
 

@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 
 from . import datasets
 from .checkpoint import CheckpointError
-from .composer import BlockTrainer, LocalFlowMatching
-from .distill import DistilledSampler, DistillReport, Segment, StageReport, distill, distill_plan
+from .composer import LocalFlowMatching
+from .distillation import DistilledSampler, DistillReport, Segment, StageReport, distill, distill_plan
 from .metrics import energy_distance
 from .likelihood import FlowDivergence, bits_per_dim, flow_divergence, log_prob, standard_normal_log_prob
 from .matchers import LocalBlockMatcher, exact_ot_pairing
@@ -21,11 +21,13 @@ from .pool import MemmapPool, PoolDirError
 from .reports import BlockReport, FitReport, IntegrationStats, LogProbTerms, PoolStats
 from .schedule import OUSchedule, ou_step
 from .solvers import RK4, ODEOptions, VelocityField
+from .training import BlockTrainer, FitConfig
 
 __all__ = [
     "datasets",
     "LocalFlowMatching",
     "BlockTrainer",
+    "FitConfig",
     "OUSchedule",
     "ou_step",
     "LocalBlockMatcher",

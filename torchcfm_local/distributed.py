@@ -70,6 +70,17 @@ class DistContext:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def check_agree(self, values: dict):
+        """Every rank must pass the same ``values`` (e.g. data fingerprint and settings); a
+        ``ValueError`` names the keys that differ and each rank's value."""
+        if not self.active:
+            return
+        seen = self.gather_objects(values)
+        bad = sorted({key for other in seen[1:] for key in values if other[key] != seen[0][key]})
+        if bad:
+            detail = "; ".join(f"{key}: " + ", ".join(f"rank {r}: {v[key]!r}" for r, v in enumerate(seen)) for key in bad)
+            raise ValueError(f"all ranks must call fit with the same data and settings, but they differ in {detail}")
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of a tensor over ranks (a copy on every rank)."""
         if not self.active:

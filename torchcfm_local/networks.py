@@ -3,16 +3,20 @@
 A velocity network maps ``(t, x)`` with ``t`` of shape ``(B,)`` and ``x`` of shape ``(B, *shape)``
 to a velocity shaped like ``x``. Networks listed in :data:`NETWORKS` carry a ``config`` dict of
 their constructor arguments, so a saved model can rebuild them without user code.
+:func:`width_for_parameters` sizes a network to a parameter count (equal-parameter comparisons).
 """
 from __future__ import annotations
 
 import importlib
 import math
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["MLP", "NETWORKS", "network_spec"]
+from ._checks import positive_int
+
+__all__ = ["MLP", "NETWORKS", "network_spec", "count_parameters", "width_for_parameters"]
 
 _ACTIVATIONS = {"silu": nn.SiLU, "selu": nn.SELU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
@@ -97,3 +101,60 @@ def network_spec(net: nn.Module) -> "dict | None":
     if name in NETWORKS and NETWORKS[name] is type(net) and isinstance(getattr(net, "config", None), dict):
         return {"type": name, "config": dict(net.config)}
     return None
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of scalar parameters of ``net`` (every tensor in ``net.parameters()``, trainable or not)."""
+    return sum(p.numel() for p in net.parameters())
+
+
+def width_for_parameters(build: Callable[[int], nn.Module], target: int, *, step: int = 1,
+                         start: Optional[int] = None) -> int:
+    """The width (a multiple of ``step``) whose network has the parameter count closest to ``target``.
+
+    Used to give a one-block (global) model as many parameters as all blocks of an LFM model
+    together. ``build(width)`` must return a network whose parameter count does not decrease
+    with the width. The answer is the smallest width ``w`` with ``count(w) >= target`` or the
+    width ``w - step`` below it, whichever is closer to ``target`` (the smaller one on a tie); a
+    target at or below the count of width ``step`` gives ``step``. The networks built while
+    searching do not advance torch's global CPU random generator, so a model built after the
+    search is initialized the same however many widths were probed.
+
+    Args:
+        build: width (hidden units, channels, ...) -> network; called once per width probed.
+        target: the parameter count to match (> 0).
+        step: widths probed are ``step, 2 * step, ...`` (for example 32 for U-Nets whose group
+            norms need multiples of 32).
+        start: a guess of the answer (in width units, not steps); the search brackets the answer
+            from there, so a close guess builds fewer networks. Default: ``step``.
+
+    Returns:
+        The chosen width, a positive multiple of ``step``.
+    """
+    positive_int(target, "target")
+    positive_int(step, "step")
+    counts: dict[int, int] = {}
+
+    def count(units: int) -> int:  # parameters at width units * step, each width built once
+        if units not in counts:
+            with torch.random.fork_rng(devices=[]):  # probing leaves the caller's CPU random stream alone
+                counts[units] = count_parameters(build(units * step))
+        return counts[units]
+
+    # bracket the first width that reaches the target: count(lo) < target <= count(hi);
+    # lo = 0 stands for "below the smallest width"
+    guess = max(1, round((start or step) / step))
+    if count(guess) < target:
+        lo, hi = guess, 2 * guess
+        while count(hi) < target:
+            lo, hi = hi, 2 * hi
+    else:
+        lo, hi = guess // 2, guess
+        while lo >= 1 and count(lo) >= target:
+            lo, hi = lo // 2, lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
+    if lo == 0:
+        return hi * step
+    return step * min((lo, hi), key=lambda units: abs(count(units) - target))

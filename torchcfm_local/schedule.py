@@ -13,7 +13,7 @@ def ou_coefficients(h: float) -> tuple[float, float]:
     r"""Coefficients ``(a, s)`` of an OU step of length ``h``: ``x' = a x + s z``.
 
     The process :math:`dX = -X\,dt + \sqrt{2}\,dW` run for time :math:`h` gives
-    :math:`a = e^{-h}`, :math:`s = \sqrt{1 - e^{-2h}}` (DESIGN.md section 2). ``h = inf`` is the
+    :math:`a = e^{-h}`, :math:`s = \sqrt{1 - e^{-2h}}`. ``h = inf`` is the
     *free* step: ``a = 0, s = 1``, i.e. ``x' = z`` independent of ``x``.
     """
     if math.isinf(h):

@@ -85,9 +85,9 @@ class ODEOptions:
     """How to integrate one block.
 
     The default, 16 classical RK4 steps per block (64 network evaluations), was chosen by
-    measurement on a trained 3-block 2D model: decode(encode(x)) max error 3.0e-6, against 1.4e-4
-    for dopri5 at atol = rtol = 1e-6, which spent 76 evaluations per block and direction
-    (``benchmarks/results/core.md``). With fixed steps, results do not depend on how samples are
+    measuring the round-trip error ``decode(encode(x)) - x`` of a trained 2D model against that of
+    adaptive dopri5 at a similar cost (``benchmarks/bench_core.py``; its result file is
+    ``benchmarks/results/core.md``). With fixed steps, results do not depend on how samples are
     chunked (up to float rounding); an adaptive solver picks one step size per chunk. Local blocks
     are short, nearly straight maps; for a long or curved block (a global flow) check the error or
     pick ``solver="dopri5"``.
@@ -118,6 +118,10 @@ class ODEOptions:
     @property
     def adaptive(self) -> bool:
         return SOLVERS[self.solver][1]
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (how files store options; :meth:`coerce` reads it back)."""
+        return {"solver": self.solver, "atol": self.atol, "rtol": self.rtol, "steps": self.steps}
 
     def with_(self, **changes) -> "ODEOptions":
         """A copy with some fields changed (validated again)."""
@@ -162,22 +166,32 @@ class VelocityField(nn.Module):
         net: the velocity network.
         takes_time: force the convention (``True``: ``net(t, x)``) instead of reading the
             signature, e.g. for a wrapper such as ``DistributedDataParallel(net)``.
+        cond: conditioning ``(B, ...)`` passed as a third argument ``net(t, x, cond)``
+            (``None``: unconditional call).
+        guidance: classifier-free guidance scale ``s`` (``None``: off). With ``cond`` given, the
+            field is ``v(null) + s * (v(cond) - v(null))``, the null conditioning being all zeros;
+            both are evaluated in one network call on a doubled batch.
 
-    Attributes:
-        cond: conditioning ``(B, ...)`` passed as a third argument ``net(t, x, cond)``; set it
-            before each integration (``None``: unconditional call).
-        guidance: classifier-free guidance scale ``s`` (``None``: off). With ``cond`` set, returns
-            ``v(null) + s * (v(cond) - v(null))``, the null conditioning being all zeros; both
-            are evaluated in one network call on a doubled batch.
+    A field never changes after construction apart from its evaluation counter ``nfe``: to
+    integrate with a condition, or to count the evaluations of one solve, take a fresh view with
+    :meth:`bind` (it shares the network), so concurrent solves never see each other's settings.
     """
 
-    def __init__(self, net: nn.Module, takes_time: Optional[bool] = None):
+    def __init__(self, net: nn.Module, takes_time: Optional[bool] = None, *,
+                 cond: Optional[torch.Tensor] = None, guidance: Optional[float] = None):
         super().__init__()
         self.net = net
         self.takes_time = _takes_time(net) if takes_time is None else bool(takes_time)
+        if cond is not None and not self.takes_time:
+            raise ValueError("conditioning needs a network called as net(t, x, cond)")
+        if guidance is not None and cond is None:
+            raise ValueError("guidance needs a condition")
+        self.cond, self.guidance = cond, guidance
         self.nfe = 0
-        self.cond: Optional[torch.Tensor] = None
-        self.guidance: Optional[float] = None
+
+    def bind(self, cond: Optional[torch.Tensor] = None, guidance: Optional[float] = None) -> "VelocityField":
+        """A new field over the same network with this condition and guidance, its ``nfe`` at 0."""
+        return VelocityField(self.net, self.takes_time, cond=cond, guidance=guidance)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor, args=None) -> torch.Tensor:
         self.nfe += 1

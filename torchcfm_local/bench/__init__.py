@@ -1,13 +1,19 @@
 """``lfm-bench``: global flow vs Local Flow Matching at equal parameters and equal batches.
 
-    lfm-bench quick                       # tree at the quick budget (about 5 minutes on 2 CPU cores)
+    lfm-bench quick                       # tree at the quick budget, all four methods (measured: 12 min
+                                          # wall-clock on 2 CPU cores shared with other busy jobs)
     lfm-bench run rose --budget medium    # any task and budget
     lfm-bench run power --root ~/data/maf --budget full
     lfm-bench list                        # tasks, budgets and methods
 
 Each run writes ``<out>/<task>_<budget>/``: ``results.json`` (every number, the command, commit,
 versions and machine), ``results.md`` (the table), ``curves.png``, ``samples.png`` and, for 2D
-data, ``density.png``. See :mod:`torchcfm_local.bench.suite` for the protocol.
+data, ``density.png``.
+
+Modules: :mod:`~torchcfm_local.bench.registry` (tasks, budgets, methods),
+:mod:`~torchcfm_local.bench.protocol` (:func:`~torchcfm_local.bench.protocol.run_task` and the
+protocol), :mod:`~torchcfm_local.bench.report` (summaries, tables, files, provenance) and
+:mod:`~torchcfm_local.bench.plots` (figures).
 """
 from __future__ import annotations
 
@@ -22,27 +28,19 @@ __all__ = ["main", "run_and_report"]
 def run_and_report(task: str, budget: str, out: str, methods=None, root=None, seed: int = 0,
                    progress: bool = True, figures: bool = True) -> Path:
     """Run one task, write its JSON, markdown table and figures; returns the output directory."""
-    from ..provenance import write_results
-    from . import plots
-    from .suite import markdown_table, run_task
+    from .protocol import run_task
+    from .report import write_run
 
     run = run_task(task, budget, methods, root=root, seed=seed, progress=progress)
     directory = Path(out) / f"{task}_{budget}"
-    table = markdown_table(run.result)
-    directory.mkdir(parents=True, exist_ok=True)
-    if figures:
-        plots.learning_curves(run.result, directory / "curves.png")
-        plots.samples_vs_data(run, directory / "samples.png")
-        if run.result["dim"] == 2:
-            plots.density_maps(run, directory / "density.png")
-    write_results(directory, "results", run.result, table)
+    table = write_run(run, directory, figures=figures)
     print(table)
     print(f"\nresults written to {directory}/")
     return directory
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .suite import BUDGETS, METHODS, TASKS
+    from .registry import BUDGETS, METHODS, TASKS
 
     parser = argparse.ArgumentParser(prog="lfm-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,16 +1,30 @@
-"""Figures of a benchmark run (matplotlib is imported here only; install the ``[bench]`` extra)."""
+"""Figures of a benchmark run (matplotlib is imported here only; install the ``[bench]`` extra).
+
+Other figure writers of the package (image grids, benchmark scripts) get matplotlib through
+:func:`require_matplotlib` too, so a missing install fails with the same message everywhere.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
+__all__ = ["require_matplotlib", "learning_curves", "samples_vs_data", "density_maps"]
 
-def _plt():
+MATPLOTLIB_MISSING = 'figures need matplotlib: pip install "torchcfm-local[bench]"'
+
+
+def require_matplotlib():
+    """``matplotlib.pyplot`` with the non-interactive Agg backend (figures are only written to files).
+
+    Raises:
+        ImportError: when matplotlib is not installed; the message names the ``[bench]`` extra
+            that installs it.
+    """
     try:
         import matplotlib
     except ImportError as err:
-        raise ImportError('figures need matplotlib: pip install "torchcfm-local[bench]"') from err
+        raise ImportError(MATPLOTLIB_MISSING) from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -19,7 +33,7 @@ def _plt():
 
 def learning_curves(result: dict, path: Path) -> Path:
     """NLL on the held-out curve subset against training batches and against seconds."""
-    plt = _plt()
+    plt = require_matplotlib()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for row in result["summary"]:
         runs = sorted((r for r in result["runs"] if r["method"] == row["method"]), key=lambda r: r["batches"])
@@ -42,7 +56,7 @@ def learning_curves(result: dict, path: Path) -> Path:
 
 def samples_vs_data(run, path: Path) -> Path:
     """Model samples next to the test data (first two coordinates)."""
-    plt = _plt()
+    plt = require_matplotlib()
     names = list(run.samples)
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.4), sharex=True, sharey=True)
     panels = [("test data", run.test)] + [(m, run.samples[m]) for m in names]
@@ -59,9 +73,9 @@ def samples_vs_data(run, path: Path) -> Path:
 
 def density_maps(run, path: Path, resolution: int = 80) -> Path:
     """exp(log_prob) on a grid for each 2D model (dopri5 at 1e-5, exact divergence)."""
-    from .suite import EVAL_ODE
+    from .protocol import EVAL_ODE
 
-    plt = _plt()
+    plt = require_matplotlib()
     test = run.test
     lo, hi = test.min(0).values - 0.5, test.max(0).values + 0.5
     xs = torch.linspace(float(lo[0]), float(hi[0]), resolution)

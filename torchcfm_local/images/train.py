@@ -19,6 +19,7 @@ import torch
 
 from ..composer import LocalFlowMatching
 from ..likelihood import bits_per_dim
+from ..networks import count_parameters, width_for_parameters
 from ..schedule import OUSchedule
 from .data import digits_images, load_cifar10, load_image_folder, to_model_space, to_uint8
 from .fid import InceptionFeatures, InceptionWeightsUnavailable, ProxyFeatures, feature_stats, fid_from_stats, metric_label
@@ -72,10 +73,6 @@ def load_images(dataset: str, root: Optional[str] = None, split: str = "train", 
     raise ValueError(f"unknown image dataset {dataset!r}; expected digits, cifar10 or folder")
 
 
-def _unet_params(shape, unet: dict) -> int:
-    return sum(p.numel() for p in UNetVelocity(shape, **unet).parameters())
-
-
 def build_model(shape, config: ImageConfig, method: str = "lfm") -> LocalFlowMatching:
     """LFM with ``config.n_blocks`` U-Net blocks, or (``method="global"``) one U-Net whose width
     (a multiple of 32) gives the parameter count closest to all LFM blocks together."""
@@ -84,11 +81,10 @@ def build_model(shape, config: ImageConfig, method: str = "lfm") -> LocalFlowMat
         unet = dict(config.unet)
         schedule = OUSchedule(config.h0, config.rho, config.n_blocks)
     elif method == "global":
-        target = config.n_blocks * _unet_params(shape, config.unet)
-        # parameters grow ~ width^2: try the multiples of 32 next to width * sqrt(n_blocks)
-        guess = round(config.unet["num_channels"] * math.sqrt(config.n_blocks) / 32)
-        widths = [32 * k for k in range(max(1, guess - 1), guess + 2)]
-        best = min(widths, key=lambda w: abs(_unet_params(shape, {**config.unet, "num_channels": w}) - target))
+        target = config.n_blocks * count_parameters(UNetVelocity(shape, **config.unet))
+        # parameters grow ~ width^2: start the search at width * sqrt(n_blocks)
+        best = width_for_parameters(lambda w: UNetVelocity(shape, **{**config.unet, "num_channels": w}), target,
+                                    step=32, start=round(config.unet["num_channels"] * math.sqrt(config.n_blocks)))
         unet = {**config.unet, "num_channels": best}
         schedule = OUSchedule.global_flow()
     else:
@@ -140,7 +136,7 @@ def evaluate(model: LocalFlowMatching, reference: torch.Tensor, test: torch.Tens
 
 def summary_row(method: str, model: LocalFlowMatching, report, result: ImageEval) -> dict:
     """The numbers of one trained and evaluated image model, as written by the example and the benchmark."""
-    return {"method": method, "parameters": sum(p.numel() for p in model.parameters()),
+    return {"method": method, "parameters": count_parameters(model),
             "batches": sum(b.batches for b in report.blocks), "metric": result.metric, "distance": result.distance,
             "bits_per_dim": result.bits_per_dim, "nfe_per_sample": result.nfe_per_sample,
             "train_seconds": sum(b.train_seconds for b in report.blocks), "sample_seconds": result.sample_seconds,
@@ -165,9 +161,9 @@ def make_extractor(reference: torch.Tensor, labels, dataset: str, kind: str = "a
 
 def save_grid(images: torch.Tensor, path, nrow: int = 16, title: Optional[str] = None):
     """A grid of uint8 images ``(N, C, H, W)`` as a PNG (matplotlib)."""
-    from ..bench.plots import _plt
+    from ..bench.plots import require_matplotlib
 
-    plt = _plt()
+    plt = require_matplotlib()
     images = images[: nrow * nrow].numpy()
     n, c, h, w = images.shape
     rows = math.ceil(n / nrow)

@@ -13,6 +13,7 @@ import sys
 import torch
 
 from .. import OUSchedule
+from ..networks import count_parameters, width_for_parameters
 from .demos import load_demos, save_demos
 from .policy import FlowPolicy, RegressionPolicy, load_policy
 from .rollout import evaluate
@@ -35,16 +36,13 @@ def build_policy(method: str, obs_dims: dict, action_dim: int, network: str = "m
                   if network == "unet" else {"width": w})
         return FlowPolicy(obs_dims, action_dim, schedule=schedule, network=network, network_config=config)
 
+    lfm = make(OUSchedule(0.3, 1.1, lfm_blocks), width)
     if method == "lfm":
-        return make(OUSchedule(0.3, 1.1, lfm_blocks), width)
-    target = make(OUSchedule(0.3, 1.1, lfm_blocks), width).n_parameters()
+        return lfm
     step = 32 if network == "unet" else 1  # U-Net widths stay multiples of 4 * n_groups
-    lo, hi = 1, 2 * lfm_blocks * width // step + 1  # bisection on the width in units of step
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if make(OUSchedule.global_flow(), mid * step).n_parameters() < target else (lo, mid)
-    best = min((lo, hi), key=lambda u: abs(make(OUSchedule.global_flow(), u * step).n_parameters() - target))
-    return make(OUSchedule.global_flow(), best * step)
+    best = width_for_parameters(lambda w: make(OUSchedule.global_flow(), w), count_parameters(lfm), step=step,
+                                start=width)
+    return make(OUSchedule.global_flow(), best)
 
 
 def main(argv=None) -> int:

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import is_int, positive_float, positive_int
 from ..checkpoint import atomic_save, header, safe_load
 from ..composer import LocalFlowMatching
 from ..networks import MLP
 from ..reports import FitReport
 from ..schedule import OUSchedule
 from ..solvers import ODEOptions
+from ..training.loop import OptimConfig, StepLoop
 from .demos import Demos, windows
 from .normalizer import Normalizer
 from .unet1d import ConditionalUnet1D
@@ -44,17 +46,15 @@ POLICY_RK4_STEPS = 16
 class _ChunkPolicy(nn.Module):
     """What both policies share: observation checks, normalizers, windows, save/load."""
 
-    kind = ""
 
     def __init__(self, obs_dims: dict, action_dim: int, n_obs_steps: int = 2, horizon: int = 16,
                  n_action_steps: int = 8):
         super().__init__()
-        if not obs_dims or any(not isinstance(d, int) or d < 1 for d in obs_dims.values()):
+        if not obs_dims or any(not is_int(d) or d < 1 for d in obs_dims.values()):
             raise ValueError(f"obs_dims must map observation keys to positive ints, got {obs_dims!r}")
         for name, value in (("action_dim", action_dim), ("n_obs_steps", n_obs_steps), ("horizon", horizon),
                             ("n_action_steps", n_action_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(value, name)
         if n_obs_steps - 1 + n_action_steps > horizon:
             raise ValueError(
                 f"horizon={horizon} must cover n_obs_steps - 1 + n_action_steps = {n_obs_steps - 1 + n_action_steps}"
@@ -134,9 +134,7 @@ class _ChunkPolicy(nn.Module):
 
 def _epochs_to_batches(epochs: float, n_windows: int, batch_size: int, n_blocks: int) -> int:
     """Batches per block so that all blocks together see ``epochs`` passes over the windows."""
-    if not (isinstance(epochs, (int, float)) and epochs > 0):
-        raise ValueError(f"epochs must be > 0, got {epochs!r}")
-    return max(1, math.ceil(epochs * n_windows / batch_size / n_blocks))
+    return max(1, math.ceil(positive_float(epochs, "epochs") * n_windows / batch_size / n_blocks))
 
 
 class FlowPolicy(_ChunkPolicy):
@@ -155,7 +153,6 @@ class FlowPolicy(_ChunkPolicy):
             ``cond_dropout > 0`` in :meth:`fit`).
     """
 
-    kind = "flow"
 
     def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
                  n_action_steps: int = 8, schedule: Optional[OUSchedule] = None, network: str = "unet",
@@ -203,16 +200,15 @@ class FlowPolicy(_ChunkPolicy):
 
     def _config(self) -> dict:
         return {**self._base_config(), "network": self.network, "network_config": self.network_config,
-                "guidance": self.guidance, "ode": [self.ode.solver, self.ode.atol, self.ode.rtol, self.ode.steps]}
+                "guidance": self.guidance, "ode": self.ode.to_dict()}
 
     def _model_state(self) -> dict:
-        return self.flow._state()
+        return self.flow.to_state()
 
 
 class RegressionPolicy(_ChunkPolicy):
     """MLP from the observation window to the action chunk, trained with MSE (a unimodal baseline)."""
 
-    kind = "regression"
 
     def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
                  n_action_steps: int = 8, width: int = 256, depth: int = 3):
@@ -226,23 +222,27 @@ class RegressionPolicy(_ChunkPolicy):
 
     def fit(self, demos: Demos, *, epochs: float = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
             progress: bool = True) -> list[float]:
+        """Fit the MLP by MSE on the demos' windows with :class:`~torchcfm_local.training.loop.StepLoop`
+        (Adam at a constant ``lr``): ``epochs`` passes over the windows in minibatches of
+        ``batch_size`` windows ``(cond (B, To * Dobs), actions (B, H * Da))`` drawn with replacement
+        from a generator seeded with ``seed``. Returns the loss of every step.
+
+        Raises:
+            ValueError: bad ``epochs``, ``batch_size`` or ``lr``; demos that do not fit the policy.
+            FloatingPointError: the loss became NaN/Inf.
+        """
+        config = OptimConfig(lr=lr)
         cond, actions = self._training_data(demos)
         target = actions.reshape(actions.shape[0], -1)
-        batch_size = min(batch_size, target.shape[0])
+        batch_size = min(positive_int(batch_size, "batch_size"), target.shape[0])
         steps = _epochs_to_batches(epochs, target.shape[0], batch_size, 1)
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(self.net.parameters(), lr=lr)
-        losses = []
-        from tqdm.auto import tqdm
 
-        for _ in tqdm(range(steps), desc="regression", disable=not progress, leave=False):
+        def loss_fn(step: int) -> torch.Tensor:
             idx = torch.randint(0, target.shape[0], (batch_size,), generator=gen)
-            loss = torch.mean((self.net(cond[idx]) - target[idx]) ** 2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return losses
+            return torch.mean((self.net(cond[idx]) - target[idx]) ** 2)
+
+        return StepLoop(self.net, steps, config, desc="regression", progress=progress).run(loss_fn)
 
     @torch.no_grad()
     def predict_action(self, obs_dict: dict, generator: Optional[torch.Generator] = None, guidance=None) -> dict:
@@ -264,8 +264,8 @@ def load_policy(path: Union[str, os.PathLike], map_location="cpu") -> _ChunkPoli
         raise ValueError(f"{path} holds an unknown policy class {state.get('class')!r}")
     config = dict(state["config"])
     if cls is FlowPolicy:
-        solver, atol, rtol, steps = config.pop("ode")
-        config["ode"] = ODEOptions(solver, atol, rtol, steps)
+        ode = config.pop("ode")  # a dict; files from earlier versions hold [solver, atol, rtol, steps]
+        config["ode"] = ODEOptions(*ode) if isinstance(ode, (list, tuple)) else ODEOptions.coerce(ode, ODEOptions())
         flow_state = state["model"]
         schedule = OUSchedule.from_steps(flow_state["schedule"])
         obs_dims, action_dim = config.pop("obs_dims"), config.pop("action_dim")

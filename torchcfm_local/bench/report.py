@@ -1,0 +1,187 @@
+"""Reporting of measurements: per-method summaries, markdown tables, files and provenance.
+
+:func:`summarize` and :func:`markdown_table` turn an ``lfm-bench`` result (see
+:func:`~torchcfm_local.bench.protocol.run_task`) into rows and a table; :func:`write_run` writes a
+run's files. :func:`provenance` and :func:`write_results` record where any measurement of the
+package's benchmarks came from (command line, git commit, versions, machine); the scripts in
+``benchmarks/`` use them too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["first_crossing", "summarize", "markdown_table", "write_run", "provenance", "write_results"]
+
+
+def first_crossing(curve: list[tuple[float, float]], target: float) -> Optional[float]:
+    """Smallest x where the piecewise-linear curve (x ascending) reaches ``<= target``; None if never.
+
+    ``curve`` is ``[(batches, NLL), ...]``; the answer is interpolated linearly between the two
+    points around the crossing, or the first x when the curve starts at or below ``target``.
+    """
+    for i, (x, y) in enumerate(curve):
+        if y <= target:
+            if i == 0:
+                return x
+            (x0, y0) = curve[i - 1]
+            return x0 + (x - x0) * (y0 - target) / (y0 - y)
+    return None
+
+
+def _method_row(runs: list[dict]) -> dict:
+    """Summary of one method from its runs: the full-budget numbers and its learning curve."""
+    mine = sorted(runs, key=lambda r: r["batches"])
+    final = mine[-1]
+    row = {k: final[k] for k in ("method", "params", "batches", "test_nll", "val_nll", "energy_distance",
+                                 "sample_nfe", "sample_seconds_per_1000")}
+    row["train_seconds"] = final["train_seconds"]
+    row["pushforward_seconds"] = final["pushforward_seconds"]
+    row["total_seconds"] = final["train_seconds"] + final["pushforward_seconds"] + (final["eval_seconds"] or 0)
+    row["curve"] = [(r["batches"], r["curve_nll"]) for r in mine]
+    return row
+
+
+def _compare_to_reference(row: dict, rows: list[dict]) -> None:
+    """Add to an LFM row the batches it needed to reach the final curve NLL of the global flow on its path."""
+    ref_name = "global-" + row["method"].split("-", 1)[1]
+    ref = next((r for r in rows if r["method"] == ref_name), None)
+    if ref is None:
+        return
+    reached = first_crossing(row["curve"], ref["curve"][-1][1])
+    row["reference"] = ref_name
+    row["batches_to_reference_nll"] = reached
+    # reached at the first measured point: the true number may be smaller
+    row["batches_to_reference_is_upper_bound"] = reached is not None and reached == row["curve"][0][0]
+    row["batch_ratio_to_reference"] = None if reached is None else reached / ref["batches"]
+
+
+def summarize(result: dict) -> list[dict]:
+    """One row per method: final numbers, wall-clock and batches-to-target against the global flow.
+
+    ``result["runs"]`` holds the :class:`~torchcfm_local.bench.protocol.RunResult` dicts. An
+    ``lfm-<path>`` row is compared with ``global-<path>`` when that method ran: the batches at which
+    its learning curve reaches the global flow's final curve NLL (nats), and their ratio to the
+    global flow's batches.
+    """
+    runs = result["runs"]
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    rows = [_method_row([r for r in runs if r["method"] == m]) for m in methods]
+    for row in rows:
+        if row["method"].startswith("lfm"):
+            _compare_to_reference(row, rows)
+    return rows
+
+
+def markdown_table(result: dict) -> str:
+    """The summary of a task run as a markdown heading, table and learning-curve line."""
+    rows = result["summary"]
+    head = (f"### {result['task']['dataset']} ({result['budget']} budget): d={result['dim']}, {result['n_train']} train points, "
+            f"{result['total_batches']} batches of {result['batch_size']} per method, LFM {result['n_blocks']} blocks x "
+            f"MLP({result['lfm_width']}x{result['depth']}), global MLP({result['global_width']}x{result['depth']}); "
+            f"NLL in nats ({result['estimator']} divergence, dopri5 1e-5); energy distance to "
+            f"{result['n_test']} test points\n")
+    lines = [head,
+             "| method | params | test NLL | val NLL | energy dist. | NFE/sample | train s | push s | total s | batches to global NLL |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "batch_ratio_to_reference" in r:
+            ratio = r["batch_ratio_to_reference"]
+            bound = "<= " if r["batches_to_reference_is_upper_bound"] else ""
+            reach = "not reached" if ratio is None else f"{bound}{r['batches_to_reference_nll']:.0f} ({bound}{ratio:.2f}x)"
+        else:
+            reach = "-"
+        lines.append(f"| {r['method']} | {r['params']} | {r['test_nll']:.4f} | {r['val_nll']:.4f} | {r['energy_distance']:.4f} "
+                     f"| {r['sample_nfe']:.0f} | {r['train_seconds']:.1f} | {r['pushforward_seconds']:.1f} "
+                     f"| {r['total_seconds']:.1f} | {reach} |")
+    lines.append("")
+    lines.append("Learning curves (batches: NLL on the held-out curve subset): " + "; ".join(
+        f"{r['method']}: " + ", ".join(f"{b}: {v:.3f}" for b, v in r["curve"]) for r in rows))
+    return "\n".join(lines)
+
+
+def write_run(run, directory: "str | os.PathLike", figures: bool = True) -> str:
+    """Write a :class:`~torchcfm_local.bench.protocol.BenchRun` to ``directory``; returns its markdown table.
+
+    Files: ``results.json`` (every number and the provenance), ``results.md`` (the table) and, with
+    ``figures``, ``curves.png``, ``samples.png`` and for 2D data ``density.png`` (needs matplotlib).
+    """
+    from . import plots
+
+    directory = Path(directory)
+    table = markdown_table(run.result)
+    directory.mkdir(parents=True, exist_ok=True)
+    if figures:
+        plots.learning_curves(run.result, directory / "curves.png")
+        plots.samples_vs_data(run, directory / "samples.png")
+        if run.result["dim"] == 2:
+            plots.density_maps(run, directory / "density.png")
+    write_results(directory, "results", run.result, table)
+    return table
+
+
+def _git_commit() -> Optional[str]:
+    """``HEAD``'s commit, with ``+dirty`` when tracked files are modified; None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _command() -> str:
+    """The command line as typed: ``python -m pkg ...``, ``python script.py ...`` or ``console-script ...``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:  # python -m
+        head = "python -m " + spec.name.removesuffix(".__main__")
+    elif sys.argv[0].endswith(".py"):
+        head = "python " + sys.argv[0]
+    else:
+        head = Path(sys.argv[0]).name
+    return " ".join([head] + sys.argv[1:])
+
+
+def provenance() -> dict:
+    """Command line, git commit, date, versions and machine of the current process."""
+    import torch
+
+    from .. import __version__
+
+    return {
+        "command": _command(),
+        "commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "torchcfm_local": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+    }
+
+
+def write_results(directory: "str | os.PathLike", name: str, results: dict, table: str) -> tuple[Path, Path]:
+    """Write ``name.json`` (results + provenance) and ``name.md`` (table + provenance) to ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    prov = provenance()
+    json_path = directory / f"{name}.json"
+    json_path.write_text(json.dumps({"provenance": prov, "results": results}, indent=2, default=float) + "\n")
+    md_path = directory / f"{name}.md"
+    md_path.write_text(
+        f"{table}\n\nCommand: `{prov['command']}`  \nCommit: `{prov['commit']}`  \n"
+        f"Date: {prov['date']}  \nMachine: {prov['machine']['platform']}, {prov['machine']['cpu_count']} CPUs, "
+        f"torch {prov['torch']} ({prov['machine']['torch_threads']} threads), GPU: {prov['machine']['cuda']}\n"
+    )
+    return json_path, md_path

@@ -1,0 +1,141 @@
+"""Every option of :func:`torchcfm_local.training.fit`, declared once.
+
+A new fit option is one field of :class:`FitConfig`: its default, its check in ``__post_init__``,
+and, when a resumed run must use the same value, ``run=True`` with the value that checkpoints
+written before the option existed implicitly used (``legacy``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+from .._checks import per_item_ints, positive_int
+from ..solvers import ODEOptions
+from .loop import OptimConfig
+
+__all__ = ["FitConfig", "PUSHFORWARD_ODE"]
+
+#: Default solver of the training pushforward: 8 RK4 steps (32 evaluations per block). The pool
+#: only has to be accurate relative to the noise each OU step adds, which is much larger than
+#: the error of 8 RK4 steps on a short local block; ``benchmarks/bench_core.py`` measures that
+#: error against a tight adaptive solve (its result file: ``benchmarks/results/core.md``).
+PUSHFORWARD_ODE = ODEOptions(solver="rk4", steps=8)
+
+_NO_LEGACY = object()
+
+
+def _option(default, *, run: bool = False, legacy=_NO_LEGACY):
+    """A :class:`FitConfig` field; ``run``: part of the run's identity (a resume must not change it);
+    ``legacy``: its value in checkpoints written before the option existed."""
+    return field(default=default, metadata={"run": run, "legacy": legacy})
+
+
+@dataclass
+class FitConfig:
+    """Settings of :meth:`LocalFlowMatching.fit <torchcfm_local.LocalFlowMatching.fit>` (Algorithm 1).
+
+    Args:
+        batches_per_block: optimizer steps per block (an int, or one per block).
+        batch_size: samples per step (over all ranks; divisible by their number). Must not
+            exceed the number of training samples.
+        lr, weight_decay: Adam(W) settings (AdamW when ``weight_decay > 0``).
+        lr_decay: ``None`` (constant) or ``"cosine"`` (to 0 over each block).
+        grad_clip: max gradient norm, or ``None``.
+        warm_start: start block n from block n-1's weights (needs identical architectures).
+        seed: seeds batch indices, noise and times; ``None`` draws one from torch's global RNG,
+            so ``torch.manual_seed`` makes ``fit`` reproducible.
+        checkpoint_dir: where to keep ``model.pt`` (after every block), ``pool.pt`` (the pool
+            for the next block, unless ``pool_dir`` holds it) and ``progress.pt`` (every
+            ``checkpoint_every`` batches).
+        checkpoint_every: batches between two ``progress.pt`` writes.
+        resume: continue the run in ``checkpoint_dir`` (finished blocks are not redone; an
+            interrupted block restarts from its last ``progress.pt``). Starts fresh if the
+            directory holds no run. Without it, a directory that holds a run is an error.
+        pushforward_ode: ODE options of the pool pushforward (default :data:`PUSHFORWARD_ODE`).
+        chunk_size: samples per pushforward chunk (bounds memory); default: the model's.
+        encode_final_pool: also push the pool through the last block to report how close the
+            encoded training data is to N(0, I).
+        progress: show progress bars.
+        callback: ``callback(block, batches_done, loss)`` after every optimizer step (``loss``
+            is the mean over ranks).
+        pool_dir: keep the pool in memory-mapped files in this directory (new, empty, or an
+            earlier pool) instead of memory; peak memory of the pushforward is then bounded by
+            ``chunk_size`` (:mod:`torchcfm_local.pool`). A resumed run reuses the pool there.
+        cond_dropout: probability of replacing a training row's condition by the null
+            condition, which enables classifier-free guidance at sampling time.
+        warmup: batches of linear learning-rate warm-up at the start of every block.
+        ema_decay: keep an exponential moving average of each block's weights (e.g. 0.9999)
+            and make it the block's final weights, used for the pushforward and sampling.
+        amp: bfloat16 autocast of the forward pass (CUDA models only).
+
+    Raises:
+        ValueError: a value out of range (the message names the option and what it expects).
+    """
+
+    batches_per_block: Union[int, Sequence[int]] = _option(1000, run=True)
+    batch_size: int = _option(256, run=True)
+    lr: float = _option(1e-3, run=True)
+    lr_decay: Optional[str] = _option(None, run=True)
+    weight_decay: float = _option(0.0, run=True)
+    grad_clip: Optional[float] = _option(None, run=True)
+    warm_start: bool = _option(True, run=True)
+    seed: Optional[int] = None
+    checkpoint_dir: Union[str, Path, None] = None
+    checkpoint_every: int = 500
+    resume: bool = False
+    pushforward_ode: Union[ODEOptions, str, dict, None] = _option(None, run=True)
+    chunk_size: Optional[int] = _option(None, run=True)
+    encode_final_pool: bool = True
+    progress: bool = True
+    callback: Optional[Callable[[int, int, float], None]] = None
+    pool_dir: Union[str, Path, None] = None
+    cond_dropout: float = _option(0.0, run=True, legacy=0.0)
+    warmup: int = _option(0, run=True, legacy=0)
+    ema_decay: Optional[float] = _option(None, run=True, legacy=None)
+    amp: bool = _option(False, run=True, legacy=False)
+
+    def __post_init__(self):
+        budget = self.batches_per_block
+        per_item_ints(budget, len(budget) if isinstance(budget, (list, tuple)) else 1, "batches_per_block", "block")
+        positive_int(self.batch_size, "batch_size")
+        positive_int(self.checkpoint_every, "checkpoint_every")
+        positive_int(self.chunk_size, "chunk_size", allow_none=True)
+        positive_int(self.seed, "seed", minimum=0, allow_none=True)
+        if not (isinstance(self.cond_dropout, (int, float)) and 0 <= self.cond_dropout < 1):
+            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
+        self.optim  # validates the optimizer settings
+        self.pushforward_ode = ODEOptions.coerce(self.pushforward_ode, PUSHFORWARD_ODE)
+
+    @property
+    def optim(self) -> OptimConfig:
+        """The optimizer settings, for :class:`~torchcfm_local.training.loop.StepLoop`."""
+        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, lr_decay=self.lr_decay, warmup=self.warmup,
+                           grad_clip=self.grad_clip, ema_decay=self.ema_decay, amp=bool(self.amp))
+
+    def per_block(self, n_blocks: int) -> list[int]:
+        """``batches_per_block`` as one positive int per block."""
+        return per_item_ints(self.batches_per_block, n_blocks, "batches_per_block", "block")
+
+    def run_settings(self, n_blocks: int, chunk_size: int, world_size: int) -> dict:
+        """The settings a resumed run must share with the run it continues (stored in checkpoints)."""
+        settings = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("run"):
+                settings[f.name] = getattr(self, f.name)
+        settings.update(batches_per_block=self.per_block(n_blocks), lr=float(self.lr), chunk_size=chunk_size,
+                        weight_decay=float(self.weight_decay), cond_dropout=float(self.cond_dropout),
+                        amp=bool(self.amp), pushforward_ode=self.pushforward_ode.to_dict(), world_size=world_size)
+        return settings
+
+    @staticmethod
+    def saved_settings(saved: dict) -> dict:
+        """The run settings of a checkpoint, completed with the values older versions implied."""
+        legacy = {f.name: f.metadata["legacy"] for f in dataclasses.fields(FitConfig)
+                  if f.metadata.get("legacy", _NO_LEGACY) is not _NO_LEGACY}
+        settings = {"world_size": 1, **legacy, **saved}
+        ode = settings.get("pushforward_ode")
+        if isinstance(ode, (list, tuple)):  # written as [solver, atol, rtol, steps] before
+            settings["pushforward_ode"] = dict(zip(("solver", "atol", "rtol", "steps"), ode))
+        return settings

@@ -1,0 +1,150 @@
+"""The training pool of Algorithm 1: the data pushed through the blocks trained so far.
+
+:class:`TrainingPool` is one object for the three things that happen to it (fill it with the
+data, push it through a finished block, commit the push so every rank sees every row), in memory
+or in memory-mapped files (:class:`~torchcfm_local.pool.MemmapPool`), sharded across ranks.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ..distributed import DistContext, shard
+from ..pool import MemmapPool, PoolDirError
+from ..reports import PoolStats, pool_stats
+from ..solvers import ODEOptions
+
+__all__ = ["TrainingPool", "fingerprint"]
+
+
+def fingerprint(x: torch.Tensor, chunk: int = 65536) -> list[float]:
+    """Cheap identity of a training set (size, sum, sum of squares, strided sum), to refuse resuming on other data."""
+    total = squares = 0.0
+    for part in x.reshape(x.shape[0], -1).split(chunk):
+        part = part.double()
+        total += float(part.sum())
+        squares += float((part * part).sum())
+    strided = float(x[:: max(1, x.shape[0] // 97)].double().sum())
+    return [float(x.shape[0]), total, squares, strided]
+
+
+class TrainingPool:
+    """``X_{n}``: the training rows pushed through blocks ``1..after_block``, with their conditions.
+
+    Args:
+        rows: ``(n, *shape)`` tensor (pushed in place) or :class:`MemmapPool` (pushed into its
+            other buffer, then switched by :meth:`commit`).
+        cond: ``(n, cond_dim)`` conditions of the rows (they never change), or ``None``.
+        dist: this process's rank and world; each rank pushes its shard of the rows.
+        chunk_size: rows integrated at once.
+    """
+
+    def __init__(self, rows: Union[torch.Tensor, MemmapPool], cond: Optional[torch.Tensor], dist: DistContext,
+                 chunk_size: int):
+        self.rows, self.cond, self.dist, self.chunk_size = rows, cond, dist, chunk_size
+
+    @property
+    def in_memory(self) -> bool:
+        return not isinstance(self.rows, MemmapPool)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.rows.shape
+
+    @classmethod
+    def initial(cls, model, x: torch.Tensor, cond, dist: DistContext, chunk_size: int, ode: ODEOptions, *,
+                pool_dir=None, data_id: Optional[list] = None, run_id: Optional[str] = None) -> "TrainingPool":
+        """The data pushed through the blocks ``model`` already has: a private tensor copy of ``x``,
+        or a :class:`MemmapPool` in ``pool_dir`` (reused when it holds ``x``, or ``x`` pushed
+        through some of the trained blocks by the same run ``run_id``). ``x`` is already checked."""
+        if pool_dir is None:
+            pool, done = cls(x.to(dtype=model.dtype, copy=True), cond, dist, chunk_size), 0
+        else:
+            rows = _open_memmap(model, Path(pool_dir), x, chunk_size, dist, data_id or fingerprint(x), run_id)
+            pool, done = cls(rows, cond, dist, chunk_size), rows.after_block
+        for n in range(done + 1, model.n_trained + 1):  # block by block, as during training: same chunks, same result
+            pool.push(model, n, ode, progress=False, stats=False)
+        return pool
+
+    def push(self, model, n: int, ode: ODEOptions, progress: bool = False,
+             stats: bool = True) -> tuple[float, float, Optional[PoolStats]]:
+        """Push the rows through block ``n`` (data -> noise), each rank its shard, then :meth:`commit`.
+
+        Returns:
+            ``(seconds, NFE per row, PoolStats of the result or None)``.
+        """
+        start = time.perf_counter()
+        desc = f"block {n}/{model.n_blocks} pushforward" if progress and self.dist.is_main else None
+        out = self.rows if self.in_memory else self.rows.target()
+        _, nfe = model.transport(
+            self.rows, [n], False, ode, self.chunk_size, out=out, progress=desc,
+            rows=shard(self.shape[0], self.dist.rank, self.dist.world), cond=self.cond,
+            nonfinite_error=f"pushing the pool through block {n} produced NaN/Inf; the block's training diverged "
+            "(lower the learning rate or the step size h)",
+        )
+        self.commit(n)
+        summary = self.dist.broadcast_object(pool_stats(self.rows) if stats and self.dist.is_main else None)
+        return time.perf_counter() - start, nfe[0], summary
+
+    def commit(self, after_block: int):
+        """Finish a sharded write: every rank sees every row afterwards."""
+        if self.in_memory:
+            self.dist.share_rows(self.rows, self.chunk_size)
+        else:
+            self.dist.barrier()  # all rows are in the file
+            self.rows.commit(after_block, write_meta=self.dist.is_main)
+            self.dist.barrier()
+
+
+def _open_memmap(model, pool_dir: Path, x: torch.Tensor, chunk_size: int, dist: DistContext,
+                 data_id: list, run_id: Optional[str]) -> MemmapPool:
+    """Open the pool in ``pool_dir`` if it holds ``x`` (or ``x`` pushed through some of the trained
+    blocks by run ``run_id``), else fill a new one with ``x``. Rank 0 decides; every rank checks
+    that it sees the same directory."""
+    token, shape = dist.new_token(), (x.shape[0], *model.shape)
+    reuse, pool = False, None
+    if dist.is_main:
+        MemmapPool.check_dir(pool_dir)
+        try:
+            pool = MemmapPool.open(pool_dir)
+        except PoolDirError:
+            pass  # absent or damaged: our own scratch directory, rebuilt below
+        reuse = (pool is not None and pool.shape == shape and pool.dtype == model.dtype
+                 and np.allclose(pool.meta["fingerprint"], data_id, rtol=1e-9, atol=1e-6)
+                 and (pool.after_block == 0 or (
+                     run_id is not None and pool.meta.get("run") == run_id
+                     and pool.after_block is not None and pool.after_block <= model.n_trained)))
+        if reuse:
+            pool.meta.update(token=token, run=run_id)
+            pool._write_meta()
+        else:
+            pool = MemmapPool.create(pool_dir, shape, model.dtype, data_id, token, run_id)
+    reuse = dist.broadcast_object(reuse)
+    dist.barrier()
+    if not dist.is_main:
+        pool = _open_as_other_rank(pool_dir, dist, token)
+    if not reuse:
+        start, stop = shard(x.shape[0], dist.rank, dist.world)
+        target = pool.target()
+        for i in range(start, stop, chunk_size):
+            j = min(i + chunk_size, stop)
+            target[i:j] = x[i:j]
+        TrainingPool(pool, None, dist, chunk_size).commit(0)
+    return pool
+
+
+def _open_as_other_rank(pool_dir: Path, dist: DistContext, token: str) -> MemmapPool:
+    try:
+        pool = MemmapPool.open(pool_dir)
+    except PoolDirError as err:
+        raise PoolDirError(f"rank {dist.rank} cannot read the pool rank 0 wrote: {err}") from err
+    if pool.meta.get("token") != token:
+        raise PoolDirError(
+            f"rank {dist.rank} sees another pool in {pool_dir} than rank 0: pool_dir must be one "
+            "directory shared by all ranks (one machine, or a shared filesystem)"
+        )
+    return pool
