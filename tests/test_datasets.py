@@ -200,7 +200,7 @@ def test_tree_geometry_and_samples():
 
 @pytest.mark.parametrize("name", MAF)
 def test_maf_without_root_names_expected_files(name):
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(FileNotFoundError, match="is read from files and needs root=<directory>; expected") as err:
         datasets.load(name)
     msg = str(err.value)
     for rel in MAF_FILES[name]:
@@ -210,7 +210,7 @@ def test_maf_without_root_names_expected_files(name):
 
 @pytest.mark.parametrize("name", MAF)
 def test_maf_missing_file_names_full_path(name, tmp_path):
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(FileNotFoundError, match=r"expected file\(s\) not found") as err:
         datasets.load(name, root=tmp_path)
     for rel in MAF_FILES[name]:
         assert str(tmp_path / rel) in str(err.value)
@@ -219,7 +219,7 @@ def test_maf_missing_file_names_full_path(name, tmp_path):
 def test_hepmass_names_only_the_missing_file(tmp_path):
     (tmp_path / "hepmass").mkdir()
     (tmp_path / "hepmass" / "1000_train.csv").write_text("# label,f0\n1,0.5\n")
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(FileNotFoundError, match=r"expected file\(s\) not found") as err:
         datasets.load("hepmass", root=tmp_path)
     assert str(tmp_path / "hepmass" / "1000_test.csv") in str(err.value)
     assert "1000_train.csv" not in str(err.value)

@@ -65,7 +65,7 @@ def test_cifar_n_and_determinism(tmp_path):
     assert x3.shape[0] == 3
     with pytest.raises(ValueError, match="exceeds"):
         load_cifar10(tmp_path / "a", n=24)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n must be a positive integer or None"):
         load_cifar10(tmp_path / "a", n=0)
     with pytest.raises(ValueError, match="split"):
         load_cifar10(tmp_path / "a", split="val")
@@ -85,7 +85,7 @@ def test_cifar_reads_numpy1_global_names(tmp_path):
 
 
 def test_cifar_missing_files_lists_expected_paths(tmp_path):
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 python batches for split='train' not found") as e:
         load_cifar10(tmp_path, "train")
     msg = str(e.value)
     for name in CIFAR10_TRAIN_FILES:
@@ -131,7 +131,7 @@ def test_cifar_corrupt_files_raise_value_error(tmp_path):
         load_cifar10(tmp_path / "t", "test")
 
     _replace_test_batch(tmp_path / "g", raw=b"this is not a pickle at all")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a valid CIFAR-10 python batch"):
         load_cifar10(tmp_path / "g", "test")
 
     good = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}
@@ -227,7 +227,7 @@ def test_digits_images_shape_range_split():
     x16, y16 = digits_images("train", seed=0, size=16)
     assert x16.shape == (1438, 1, 16, 16) and torch.equal(y16, ytr)
     assert torch.equal(x16[:, :, ::2, ::2], xtr) and torch.equal(x16[:, :, 1::2, 1::2], xtr)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="size must be 8 or 16"):
         digits_images("train", size=12)
 
 
@@ -254,7 +254,7 @@ def test_model_space_round_trip():
     # samples outside [-1, 1], at the edges, and NaN
     s = torch.tensor([-3.0, -1.0, -0.999, 0.0, 0.99999, 1.0, 7.0, float("nan")])
     assert to_uint8(s).tolist() == [0, 0, 0, 128, 255, 255, 255, 0]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="to_model_space expects a uint8 tensor"):
         to_model_space(k.float())
 
 

@@ -19,7 +19,7 @@ MATCHERS = {
 
 
 def reference_path(kind, x0, x1, t):
-    """The interpolants of DESIGN.md section 2, written out again in float64."""
+    """The linear and trigonometric interpolants, written out again in float64."""
     tt = t.reshape(-1, *([1] * (x0.dim() - 1)))
     if kind == "trig":
         c, s = torch.cos(math.pi * tt / 2), torch.sin(math.pi * tt / 2)
@@ -125,17 +125,17 @@ def test_beta_time_sampling_moments_and_use():
 
 @pytest.mark.parametrize("bad", [(0.0, 1.0), (1.0,), "ab", (1.0, float("inf"))])
 def test_bad_beta(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"t_beta must be a pair \(a, b\) of positive"):
         tl.LocalBlockMatcher(ConditionalFlowMatcher(), 0.1, t_beta=bad)
 
 
 def test_bad_matcher_and_shapes():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="matcher must be a torchcfm ConditionalFlowMatcher"):
         tl.LocalBlockMatcher(object(), 0.1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="OU step h must be > 0"):
         tl.LocalBlockMatcher(ConditionalFlowMatcher(), 0.0)
     local = tl.LocalBlockMatcher(ConditionalFlowMatcher(), 0.1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"x0 \(noise\) and x1 \(data\) must have the same shape"):
         local.sample_location_and_conditional_flow(torch.zeros(4, 2), torch.zeros(4, 3))
 
 

@@ -52,30 +52,36 @@ def test_schedule_from_steps_and_global_flow():
 
 
 @pytest.mark.parametrize(
-    "kwargs,err",
+    "kwargs,err,match",
     [
-        (dict(h0=0.0, rho=1.0, n_blocks=3), ValueError),
-        (dict(h0=-0.1, rho=1.0, n_blocks=3), ValueError),
-        (dict(h0=0.1, rho=0.0, n_blocks=3), ValueError),
-        (dict(h0=0.1, rho=-1.0, n_blocks=3), ValueError),
-        (dict(h0=0.1, rho=1.0, n_blocks=0), ValueError),
-        (dict(h0=0.1, rho=1.0, n_blocks=2.5), TypeError),
-        (dict(h0=float("nan"), rho=1.0, n_blocks=3), ValueError),
-        (dict(h0=0.1, rho=1e300, n_blocks=4), ValueError),  # overflows to inf
-        (dict(h0="0.1", rho=1.0, n_blocks=3), TypeError),
+        (dict(h0=0.0, rho=1.0, n_blocks=3), ValueError, "h0 must be a finite number > 0"),
+        (dict(h0=-0.1, rho=1.0, n_blocks=3), ValueError, "h0 must be a finite number > 0"),
+        (dict(h0=0.1, rho=0.0, n_blocks=3), ValueError, "rho must be a finite number > 0"),
+        (dict(h0=0.1, rho=-1.0, n_blocks=3), ValueError, "rho must be a finite number > 0"),
+        (dict(h0=0.1, rho=1.0, n_blocks=0), ValueError, "n_blocks must be >= 1"),
+        (dict(h0=0.1, rho=1.0, n_blocks=2.5), TypeError, "n_blocks must be an int"),
+        (dict(h0=float("nan"), rho=1.0, n_blocks=3), ValueError, "h0 must be a finite number > 0"),
+        (dict(h0=0.1, rho=1e300, n_blocks=4), ValueError, r"h0 \* rho\^\(n-1\) overflows"),  # overflows to inf
+        (dict(h0="0.1", rho=1.0, n_blocks=3), TypeError, "h0 must be a number"),
     ],
 )
-def test_schedule_rejects_bad_values(kwargs, err):
-    with pytest.raises(err):
+def test_schedule_rejects_bad_values(kwargs, err, match):
+    with pytest.raises(err, match=match):
         tl.OUSchedule(**kwargs)
 
 
-@pytest.mark.parametrize("steps", [[0.1, 0.0], [0.1, -0.2], [float("inf")], [float("nan")], "0.1"])
-def test_from_steps_rejects_bad_entries(steps):
-    with pytest.raises((ValueError, TypeError)):
+@pytest.mark.parametrize("steps,err,match", [
+    ([0.1, 0.0], ValueError, "step size of block 2 must be a finite number > 0"),
+    ([0.1, -0.2], ValueError, "step size of block 2 must be a finite number > 0"),
+    ([float("inf")], ValueError, "step size of block 1 must be a finite number > 0"),
+    ([float("nan")], ValueError, "step size of block 1 must be a finite number > 0"),
+    ("0.1", TypeError, "steps must be a sequence of numbers"),
+])
+def test_from_steps_rejects_bad_entries(steps, err, match):
+    with pytest.raises(err, match=match):
         tl.OUSchedule.from_steps(steps)
 
 
 def test_block_index_out_of_range():
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"block 4 is outside 1\.\.3"):
         tl.OUSchedule(h0=0.1, rho=1.0, n_blocks=3).step(4)

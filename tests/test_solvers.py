@@ -98,7 +98,13 @@ def test_concat_convention_network():
     torch.testing.assert_close(field(torch.tensor(0.3), x), net(torch.cat([x, t[:, None]], 1)))
 
 
-@pytest.mark.parametrize("bad", [dict(solver="rk45"), dict(atol=0.0), dict(rtol=-1.0), dict(steps=0), dict(steps=2.5)])
-def test_ode_options_validation(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad,match", [
+    (dict(solver="rk45"), "unknown solver 'rk45'; expected one of"),
+    (dict(atol=0.0), "atol must be a positive finite number"),
+    (dict(rtol=-1.0), "rtol must be a positive finite number"),
+    (dict(steps=0), "steps must be an integer >= 1"),
+    (dict(steps=2.5), "steps must be an integer >= 1"),
+])
+def test_ode_options_validation(bad, match):
+    with pytest.raises(ValueError, match=match):
         tl.ODEOptions(**bad)

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._checks import positive_int
+
 __all__ = ["DatasetSplits"]
 
 MAF_SOURCE = (
@@ -62,22 +64,24 @@ class DatasetSplits:
 # ----------------------------------------------------------------------------------------------------
 
 
+def plain_int(value: Any) -> Any:
+    """``value`` as a Python int when it is any integer (numpy's too; bools excluded), else unchanged.
+
+    :func:`~torchcfm_local._checks.positive_int` accepts Python ints only; split sizes and seeds often
+    come from numpy (``np.int64``), so they are converted here first.
+    """
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
 def check_n(arg: str, value: Any, default: int | None) -> int | None:
     """Return ``value`` as a positive int (``default`` when None); raise ValueError otherwise."""
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{arg} must be a positive int or None, got {value!r} ({type(value).__name__})")
-    if value <= 0:
-        raise ValueError(f"{arg} must be a positive int or None, got {value}")
-    return int(value)
+    checked = positive_int(plain_int(value), arg, allow_none=True)
+    return default if checked is None else checked
 
 
 def check_seed(seed: Any) -> int:
     """Return ``seed`` as a non-negative int; raise ValueError otherwise."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    return int(seed)
+    return positive_int(plain_int(seed), "seed", minimum=0)
 
 
 def check_dtype(dtype: Any) -> torch.dtype:

@@ -34,17 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import (
-    DatasetSplits,
-    check_dtype,
-    check_n,
-    check_seed,
-    min_value_repeats,
-    pack,
-    resolve_files,
-    split_rngs,
-    tail_split,
-    take_subset,
+from ._common import DatasetSplits, min_value_repeats, resolve_files, tail_split
+from ._maf import (
+    FILES,
+    REPEATED_MIN_THRESHOLD,
+    as_2d_float,
+    check_args,
+    check_finite,
+    finish,
+    pandas_for,
+    split_and_normalise,
 )
 
 __all__ = [
@@ -60,15 +59,6 @@ __all__ = [
     "preprocess_power",
 ]
 
-FILES: dict[str, tuple[str, ...]] = {
-    "power": ("power/data.npy",),
-    "gas": ("gas/ethylene_CO.pickle",),
-    "miniboone": ("miniboone/data.npy",),
-    "bsds300": ("BSDS300/BSDS300.hdf5",),
-    "hepmass": ("hepmass/1000_train.csv", "hepmass/1000_test.csv"),
-}
-"""Dataset name -> expected file path(s) relative to ``root``."""
-
 POWER_COLUMNS = (
     "global_active_power", "global_reactive_power", "voltage", "global_intensity",
     "sub_metering_1", "sub_metering_2", "sub_metering_3", "time",
@@ -77,48 +67,7 @@ POWER_DROPPED = (3, 1)  # deleted in this order, as in the MAF code
 POWER_RECIPE_SEED = 42
 GAS_DROPPED = ("Meth", "Eth", "Time")
 GAS_CORR_THRESHOLD = 0.98
-REPEATED_MIN_THRESHOLD = 5
 MINIBOONE_RAW_COLUMNS = 50
-
-
-def _as_2d_float(data: Any, dataset: str, what: str) -> np.ndarray:
-    arr = np.asarray(data, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(f"{dataset}: expected {what} to be a 2-D table (rows, columns), got shape {arr.shape}")
-    return arr
-
-
-def _normalise(train: np.ndarray, val: np.ndarray, test: np.ndarray, mu: np.ndarray,
-               s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return (train - mu) / s, (val - mu) / s, (test - mu) / s
-
-
-def _check_finite(dataset: str, arrays: dict[str, np.ndarray]) -> None:
-    for split, arr in arrays.items():
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(
-                f"{dataset}: the {split} split has non-finite values after preprocessing (a constant "
-                "column gives std 0, or the file holds NaN/inf); check the input file"
-            )
-
-
-def _finish(name: str, arrays: tuple[np.ndarray, np.ndarray, np.ndarray], info: dict,
-            n: tuple[int | None, int | None, int | None], seed: int, dtype: torch.dtype) -> DatasetSplits:
-    """Subsample each split (if ``n`` is given) with the generators of ``SeedSequence(seed)``."""
-    full = {s: int(a.shape[0]) for s, a in zip(("train", "val", "test"), arrays)}
-    out = []
-    for split, arr, n_s, rng in zip(("train", "val", "test"), arrays, n, split_rngs(seed, 3)):
-        sub, _ = take_subset(arr, n_s, rng, dataset=name, split=split)
-        out.append(sub)
-    info = dict(info, n_full=full, seed=seed,
-                subsampling="none" if all(v is None for v in n) else
-                "seeded subset without replacement per split (SeedSequence(seed).spawn(3)), file order kept")
-    return pack(name, *out, info=info, dtype=dtype)
-
-
-def _check_args(n_train: Any, n_val: Any, n_test: Any, seed: Any, dtype: Any) -> tuple[tuple, int, torch.dtype]:
-    n = (check_n("n_train", n_train, None), check_n("n_val", n_val, None), check_n("n_test", n_test, None))
-    return n, check_seed(seed), check_dtype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -151,7 +100,7 @@ def preprocess_power(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
         ``(train, val, test, info)``, each split ``(n_split, 6)`` float64; ``info`` holds ``mean``,
         ``std`` and ``columns``.
     """
-    data = _as_2d_float(data, "power", "power/data.npy").copy()
+    data = as_2d_float(data, "power", "power/data.npy").copy()
     if data.shape[1] != len(POWER_COLUMNS):
         raise ValueError(
             f"power: expected power/data.npy with {len(POWER_COLUMNS)} columns {POWER_COLUMNS}, "
@@ -167,21 +116,15 @@ def preprocess_power(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     gap_noise = 0.001 * rng.rand(n, 1)
     sm_noise = rng.rand(n, 3)
     data = data + np.hstack([gap_noise, voltage_noise, sm_noise, np.zeros((n, 1))])
-    rest, test = tail_split(data)
-    train, val = tail_split(rest)
-    both = np.vstack([train, val])
-    mu, s = both.mean(axis=0), both.std(axis=0)
-    train, val, test = _normalise(train, val, test, mu, s)
-    _check_finite("power", {"train": train, "val": val, "test": test})
-    info = {"columns": [POWER_COLUMNS[i] for i in kept], "mean": mu.tolist(), "std": s.tolist()}
-    return train, val, test, info
+    train, val, test, stats = split_and_normalise(data, "power")
+    return train, val, test, {"columns": [POWER_COLUMNS[i] for i in kept], **stats}
 
 
 def load_power(*, root: str | os.PathLike | None = None, n_train: int | None = None,
                n_val: int | None = None, n_test: int | None = None, seed: int = 0,
                dtype: torch.dtype = torch.float32) -> DatasetSplits:
     """POWER (d = 6) from ``root/power/data.npy``; recipe in :func:`preprocess_power`."""
-    n, seed, dtype = _check_args(n_train, n_val, n_test, seed, dtype)
+    n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
     (path,) = resolve_files("power", root, FILES["power"])
     train, val, test, extra = preprocess_power(np.load(path))
     info = {
@@ -195,7 +138,7 @@ def load_power(*, root: str | os.PathLike | None = None, n_train: int | None = N
         ],
         **extra,
     }
-    return _finish("power", (train, val, test), info, n, seed, dtype)
+    return finish("power", (train, val, test), info, n, seed, dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -245,7 +188,7 @@ def preprocess_gas(frame: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict
     arr = ((data - mu) / s).to_numpy(dtype=np.float64)
     rest, test = tail_split(arr)
     train, val = tail_split(rest)
-    _check_finite("gas", {"train": train, "val": val, "test": test})
+    check_finite("gas", {"train": train, "val": val, "test": test})
     info = {
         "columns": [str(c) for c in data.columns],
         "dropped_correlated": dropped_corr,
@@ -264,12 +207,9 @@ def load_gas(*, root: str | os.PathLike | None = None, n_train: int | None = Non
     pandas; if the installed pandas cannot unpickle it, the error says so (re-save it as a pickle
     with a newer pandas, e.g. ``pd.read_pickle(old).to_pickle(new)`` in an environment that reads it).
     """
-    n, seed, dtype = _check_args(n_train, n_val, n_test, seed, dtype)
+    n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
     (path,) = resolve_files("gas", root, FILES["gas"])
-    try:
-        import pandas as pd
-    except ImportError as err:  # pragma: no cover - pandas comes with torchcfm
-        raise ImportError("the gas dataset needs pandas to read its DataFrame pickle: pip install pandas") from err
+    pd = pandas_for("gas", "its DataFrame pickle")
     try:
         frame = pd.read_pickle(path)
     except Exception as err:
@@ -290,7 +230,7 @@ def load_gas(*, root: str | os.PathLike | None = None, n_train: int | None = Non
         ],
         **extra,
     }
-    return _finish("gas", (train, val, test), info, n, seed, dtype)
+    return finish("gas", (train, val, test), info, n, seed, dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -324,28 +264,22 @@ def preprocess_miniboone(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
         ``(train, val, test, info)``, float64 arrays ``(n_split, d)``; ``info`` holds ``mean``, ``std``,
         ``raw_cleaning`` (bool) and, when cleaned here, ``removed_features`` / ``removed_rows``.
     """
-    data = _as_2d_float(data, "miniboone", "miniboone/data.npy")
+    data = as_2d_float(data, "miniboone", "miniboone/data.npy")
     info: dict = {"raw_cleaning": data.shape[1] == MINIBOONE_RAW_COLUMNS}
     if info["raw_cleaning"]:
         outliers = data[:, 0] < -100
         data = data[~outliers]
         data, removed = _drop_repeated_min_features(data)
         info.update(removed_rows=int(outliers.sum()), removed_features=removed)
-    rest, test = tail_split(data)
-    train, val = tail_split(rest)
-    both = np.vstack([train, val])
-    mu, s = both.mean(axis=0), both.std(axis=0)
-    train, val, test = _normalise(train, val, test, mu, s)
-    _check_finite("miniboone", {"train": train, "val": val, "test": test})
-    info.update(mean=mu.tolist(), std=s.tolist())
-    return train, val, test, info
+    train, val, test, stats = split_and_normalise(data, "miniboone")
+    return train, val, test, {**info, **stats}
 
 
 def load_miniboone(*, root: str | os.PathLike | None = None, n_train: int | None = None,
                    n_val: int | None = None, n_test: int | None = None, seed: int = 0,
                    dtype: torch.dtype = torch.float32) -> DatasetSplits:
     """MINIBOONE (d = 43) from ``root/miniboone/data.npy``; recipe in :func:`preprocess_miniboone`."""
-    n, seed, dtype = _check_args(n_train, n_val, n_test, seed, dtype)
+    n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
     (path,) = resolve_files("miniboone", root, FILES["miniboone"])
     train, val, test, extra = preprocess_miniboone(np.load(path))
     steps = ["test = last 10%, val = last 10% of the rest, train = remainder (file order)",
@@ -355,7 +289,7 @@ def load_miniboone(*, root: str | os.PathLike | None = None, n_train: int | None
                  "drop features whose minimum value occurs more than 5 times"] + steps
     info = {"source": f"{path} (MAF release; UCI MiniBooNE particle identification, signal events)",
             "preprocessing": steps, **extra}
-    return _finish("miniboone", (train, val, test), info, n, seed, dtype)
+    return finish("miniboone", (train, val, test), info, n, seed, dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -375,7 +309,7 @@ def load_bsds300(*, root: str | os.PathLike | None = None, n_train: int | None =
 
     Needs ``h5py`` (``pip install h5py``), imported only here.
     """
-    n, seed, dtype = _check_args(n_train, n_val, n_test, seed, dtype)
+    n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
     (path,) = resolve_files("bsds300", root, FILES["bsds300"])
     try:
         import h5py
@@ -390,17 +324,17 @@ def load_bsds300(*, root: str | os.PathLike | None = None, n_train: int | None =
                 raise ValueError(
                     f"bsds300: expected datasets 'train', 'validation', 'test' in {path}, got {sorted(f.keys())}"
                 )
-            arrays.append(_as_2d_float(f[key][:], "bsds300", f"{path}[{key!r}]"))
+            arrays.append(as_2d_float(f[key][:], "bsds300", f"{path}[{key!r}]"))
     dims = {a.shape[1] for a in arrays}
     if len(dims) != 1:
         raise ValueError(f"bsds300: train / validation / test widths differ in {path}: {[a.shape for a in arrays]}")
-    _check_finite("bsds300", dict(zip(("train", "val", "test"), arrays)))
+    check_finite("bsds300", dict(zip(("train", "val", "test"), arrays)))
     info = {
         "source": f"{path} (MAF release; 8x8 patches of BSDS300 images)",
         "preprocessing": ["none: the release already holds dequantised, [0,1]-scaled, mean-subtracted "
                           "8x8 patches with the last pixel dropped (datasets train / validation / test)"],
     }
-    return _finish("bsds300", tuple(arrays), info, n, seed, dtype)
+    return finish("bsds300", tuple(arrays), info, n, seed, dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -462,7 +396,7 @@ def preprocess_hepmass(train_frame: Any, test_frame: Any) -> tuple[np.ndarray, n
     mu, s = train_arr.mean(axis=0), train_arr.std(axis=0, ddof=1)
     train_arr, test_arr = (train_arr - mu) / s, (test_arr - mu) / s
     train_arr, val_arr = tail_split(train_arr)
-    _check_finite("hepmass", {"train": train_arr, "val": val_arr, "test": test_arr})
+    check_finite("hepmass", {"train": train_arr, "val": val_arr, "test": test_arr})
     info = {
         "columns": [str(c) for c in kept_cols],
         "removed_features": [str(train.columns[j]) for j in removed],
@@ -479,12 +413,9 @@ def load_hepmass(*, root: str | os.PathLike | None = None, n_train: int | None =
 
     Recipe in :func:`preprocess_hepmass`; reading the CSVs needs pandas (a torchcfm dependency).
     """
-    n, seed, dtype = _check_args(n_train, n_val, n_test, seed, dtype)
+    n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
     path_tr, path_te = resolve_files("hepmass", root, FILES["hepmass"])
-    try:
-        import pandas as pd
-    except ImportError as err:  # pragma: no cover - pandas comes with torchcfm
-        raise ImportError("the hepmass dataset needs pandas to read its CSV files: pip install pandas") from err
+    pd = pandas_for("hepmass", "its CSV files")
     train_frame = pd.read_csv(path_tr, index_col=False)
     test_frame = pd.read_csv(path_te, index_col=False)
     train, val, test, extra = preprocess_hepmass(train_frame, test_frame)
@@ -499,5 +430,5 @@ def load_hepmass(*, root: str | os.PathLike | None = None, n_train: int | None =
         ],
         **extra,
     }
-    return _finish("hepmass", (train, val, test), info, n, seed, dtype)
+    return finish("hepmass", (train, val, test), info, n, seed, dtype)
 

@@ -21,7 +21,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._common import DatasetSplits, check_dtype, check_n, check_seed, pack, split_rngs
+from .._checks import positive_int
+from ._common import DatasetSplits, check_dtype, check_n, check_seed, pack, plain_int, split_rngs
 
 __all__ = [
     "SAMPLERS",
@@ -257,9 +258,7 @@ def sample(name: str, n: int, seed: int = 0, *, dtype: torch.dtype = torch.float
     """``n`` points of the 2-D density ``name`` as an ``(n, 2)`` tensor, drawn with ``default_rng(seed)``."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown 2-D density {name!r}; available: {sorted(SAMPLERS)}")
-    n = check_n("n", n, None)
-    if n is None:
-        raise ValueError("n must be a positive int, got None")
+    n = positive_int(plain_int(n), "n")
     rng = np.random.default_rng(check_seed(seed))
     return torch.as_tensor(SAMPLERS[name](n, rng)).to(check_dtype(dtype))
 
