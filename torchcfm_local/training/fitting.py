@@ -74,6 +74,7 @@ class _FitRun:
     run_id: Optional[str]
     gen_idx: torch.Generator
     gen_noise: torch.Generator
+    progress: Optional[dict] = None  # the saved state of the block a resumed run continues
 
     @classmethod
     def start(cls, lfm, x: torch.Tensor, cond, config: FitConfig) -> "_FitRun":
@@ -91,7 +92,7 @@ class _FitRun:
         ckpt = RunCheckpoint(config.checkpoint_dir, dist)
         gen_idx = torch.Generator().manual_seed(seed)
         gen_noise = torch.Generator(device=lfm.device).manual_seed(seed + 1)
-        run_id, rows, has_run = dist.new_token(), None, ckpt.holds_run()
+        run_id, rows, progress, has_run = dist.new_token(), None, None, ckpt.holds_run()
         if has_run:
             if not config.resume:
                 raise FileExistsError(f"{ckpt.dir} already holds a training run; pass resume=True to continue it "
@@ -101,6 +102,8 @@ class _FitRun:
             gen_idx.set_state(state["gen_idx"])
             gen_noise.set_state(state["gen_noise"])
             rows = None if config.pool_dir is not None else ckpt.load_pool(lfm, x.shape[0])
+            # read once, here: while blocks train, rank 0 rewrites and removes this file
+            progress = ckpt.load_progress(lfm.n_trained + 1)
         elif lfm.n_trained and not config.resume:
             raise RuntimeError(f"{lfm.n_trained} block(s) are already trained; call fit(..., resume=True) to train the rest")
         if rows is None:
@@ -108,7 +111,7 @@ class _FitRun:
                                         data_id=data_id, run_id=run_id)
         else:
             pool = TrainingPool(rows, cond, dist, chunk)
-        run = cls(lfm, config, dist, ckpt, pool, settings, data_id, seed, run_id, gen_idx, gen_noise)
+        run = cls(lfm, config, dist, ckpt, pool, settings, data_id, seed, run_id, gen_idx, gen_noise, progress)
         if not has_run:
             run.save_model()  # marks the directory as holding this run from the first batch on
         return run
@@ -123,7 +126,7 @@ class _FitRun:
         """Train block ``n`` (resuming its saved progress), push the pool through it, save it."""
         lfm, config = self.lfm, self.config
         trainer = BlockTrainer.of(lfm, n, self.pool)
-        progress_state = self.ckpt.load_progress(n)
+        progress_state, self.progress = self.progress, None
         if progress_state is not None:
             self.gen_idx.set_state(progress_state["gen_idx"])
             self.gen_noise.set_state(progress_state["gen_noise"])
