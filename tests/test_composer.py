@@ -152,7 +152,7 @@ def test_load_custom_network_needs_factory(tmp_path):
 
 
 def test_load_rejects_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
         tl.LocalFlowMatching.load(tmp_path / "missing.pt")
     lfm = make(n_blocks=2)
     good = tmp_path / "good.pt"
@@ -173,7 +173,7 @@ def test_load_rejects_bad_files(tmp_path):
         tl.LocalFlowMatching.load(future)
     pickled = tmp_path / "pickled.pt"
     torch.save({"format": "torchcfm_local", "obj": ConditionalFlowMatcher()}, pickled)
-    with pytest.raises(tl.CheckpointError):  # arbitrary objects are never unpickled
+    with pytest.raises(tl.CheckpointError, match="not a safe torch file"):  # arbitrary objects are never unpickled
         tl.LocalFlowMatching.load(pickled)
 
 

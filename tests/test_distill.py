@@ -166,7 +166,7 @@ def test_save_load_round_trip(tmp_path, teachers, lfm_k1):
     (tmp_path / "bad.pt").write_bytes(path.read_bytes()[:100])
     with pytest.raises(tl.CheckpointError, match="not a readable checkpoint"):
         DistilledSampler.load(tmp_path / "bad.pt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
         DistilledSampler.load(tmp_path / "missing.pt")
 
     class Custom(torch.nn.Module):

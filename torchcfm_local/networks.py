@@ -45,8 +45,7 @@ class MLP(nn.Module):
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("n_freq", n_freq, 0),
                                  ("cond_features", cond_features, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"MLP {name} must be an int >= {low}, got {value!r}")
+            positive_int(value, f"MLP {name}", minimum=low)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(_ACTIVATIONS)}")
         self.config = {"dim": dim, "width": width, "depth": depth, "n_freq": n_freq, "activation": activation}

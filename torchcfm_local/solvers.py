@@ -25,6 +25,8 @@ from torch import nn
 
 from torchdyn.numerics.solvers.templates import DiffEqSolver
 
+from ._checks import positive_int
+
 __all__ = ["RK4", "ODEOptions", "VelocityField", "integrate", "make_solver", "SOLVERS"]
 
 
@@ -112,8 +114,7 @@ class ODEOptions:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        positive_int(self.steps, "steps")
 
     @property
     def adaptive(self) -> bool:

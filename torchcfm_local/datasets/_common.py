@@ -6,7 +6,6 @@ re-exports.  Only numpy and torch are imported at module load.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,24 +63,15 @@ class DatasetSplits:
 # ----------------------------------------------------------------------------------------------------
 
 
-def plain_int(value: Any) -> Any:
-    """``value`` as a Python int when it is any integer (numpy's too; bools excluded), else unchanged.
-
-    :func:`~torchcfm_local._checks.positive_int` accepts Python ints only; split sizes and seeds often
-    come from numpy (``np.int64``), so they are converted here first.
-    """
-    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
-
-
 def check_n(arg: str, value: Any, default: int | None) -> int | None:
     """Return ``value`` as a positive int (``default`` when None); raise ValueError otherwise."""
-    checked = positive_int(plain_int(value), arg, allow_none=True)
+    checked = positive_int(value, arg, allow_none=True)
     return default if checked is None else checked
 
 
 def check_seed(seed: Any) -> int:
     """Return ``seed`` as a non-negative int; raise ValueError otherwise."""
-    return positive_int(plain_int(seed), "seed", minimum=0)
+    return positive_int(seed, "seed", minimum=0)
 
 
 def check_dtype(dtype: Any) -> torch.dtype:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .._checks import positive_int
-from ._common import DatasetSplits, check_dtype, check_n, check_seed, pack, plain_int, split_rngs
+from ._common import DatasetSplits, check_dtype, check_n, check_seed, pack, split_rngs
 
 __all__ = [
     "SAMPLERS",
@@ -258,7 +258,7 @@ def sample(name: str, n: int, seed: int = 0, *, dtype: torch.dtype = torch.float
     """``n`` points of the 2-D density ``name`` as an ``(n, 2)`` tensor, drawn with ``default_rng(seed)``."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown 2-D density {name!r}; available: {sorted(SAMPLERS)}")
-    n = positive_int(plain_int(n), "n")
+    n = positive_int(n, "n")
     rng = np.random.default_rng(check_seed(seed))
     return torch.as_tensor(SAMPLERS[name](n, rng)).to(check_dtype(dtype))
 

@@ -31,6 +31,8 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .._checks import positive_int
+
 __all__ = [
     "CIFAR10_DIRNAME",
     "CIFAR10_TRAIN_FILES",
@@ -172,8 +174,7 @@ def _cifar_dir_and_files(root: Path, split: str) -> tuple[Path, list[Path]]:
 def _check_n(n: Optional[int], total: int, what: str) -> int:
     if n is None:
         return total
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    positive_int(n, "n", allow_none=True)
     if n > total:
         raise ValueError(f"n={n} exceeds the {total} images available in {what}")
     return int(n)
@@ -253,8 +254,7 @@ def write_cifar10_like(root: PathLike, n_train: int = 100, n_test: int = 20, see
         the ``cifar-10-batches-py`` directory (a str).
     """
     for name, v in (("n_train", n_train), ("n_test", n_test)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        positive_int(v, name, minimum=0)
     rng = np.random.default_rng(seed)
     d = Path(root) / CIFAR10_DIRNAME
     d.mkdir(parents=True, exist_ok=True)
@@ -329,8 +329,7 @@ def load_image_folder(
     }
     if resample not in filters:
         raise ValueError(f"resample must be one of {sorted(filters)}, got {resample!r}")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+    positive_int(size, "size")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")

@@ -155,6 +155,8 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: PathLike) -> "FeatureStats":
+        if os.path.isfile(path) and not zipfile.is_zipfile(path):  # np.load would try it as a pickle
+            raise ValueError(f"{path}: cannot read FeatureStats (not an .npz archive)")
         try:
             with np.load(os.fspath(path), allow_pickle=False) as z:
                 missing = {"mu", "sigma", "n", "extractor"} - set(z.files)

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._checks import positive_int
+
 __all__ = ["ConditionalUnet1D", "DP_FULL", "SMALL"]
 
 #: Diffusion Policy's full-size U-Net (down_dims 256/512/1024, kernel 5, 8 groups, 256-d time
@@ -35,8 +37,7 @@ _TIME_SCALE = 1000.0
 
 
 def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"ConditionalUnet1D {name} must be an int >= {low}, got {value!r}")
+    positive_int(value, f"ConditionalUnet1D {name}", minimum=low)
 
 
 class _SinusoidalEmbedding(nn.Module):
