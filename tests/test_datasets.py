@@ -295,7 +295,7 @@ def test_gas_drops_columns_and_correlated_sensors(tmp_path):
     frame = _gas_frame()
     (tmp_path / "gas").mkdir()
     frame.to_pickle(tmp_path / "gas" / "ethylene_CO.pickle")
-    ds = datasets.load("gas", root=tmp_path, dtype=torch.float64)
+    ds = datasets.load("gas", root=tmp_path, dtype=torch.float64, trust_pickle=True)
 
     # first column with a partner above 0.98 goes first: S0, then S2, then S3 (S4 is then alone)
     kept = ["S1", "S4", "S5", "S6", "S7", "S8", "S9"]
@@ -326,6 +326,49 @@ def test_gas_unreadable_pickle_is_reported(tmp_path):
     (tmp_path / "gas").mkdir()
     (tmp_path / "gas" / "ethylene_CO.pickle").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="could not unpickle"):
+        datasets.load("gas", root=tmp_path, trust_pickle=True)
+
+
+class _Tampered:
+    """Unpickling this runs ``pathlib.Path(flag).touch()``: what a tampered pickle could do."""
+
+    def __init__(self, flag):
+        self.flag = str(flag)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.flag),))
+
+
+def test_gas_never_unpickles_an_untrusted_file(tmp_path):
+    import pickle
+
+    (tmp_path / "gas").mkdir()
+    flag = tmp_path / "code_ran"
+    (tmp_path / "gas" / "ethylene_CO.pickle").write_bytes(pickle.dumps(_Tampered(flag)))
+    with pytest.raises(ValueError, match="refusing to unpickle .*trust_pickle=True.*convert_gas"):
+        datasets.load("gas", root=tmp_path)
+    assert not flag.exists()  # nothing in the file was executed
+    with pytest.raises(ValueError, match="expected .* to hold a pandas DataFrame"):
+        datasets.load("gas", root=tmp_path, trust_pickle=True)  # the caller's explicit choice
+    assert flag.exists()  # proof that the file does run code once unpickled
+
+
+def test_gas_converted_file_loads_like_the_trusted_pickle(tmp_path):
+    from torchcfm_local.datasets.convert_gas import main as convert
+
+    (tmp_path / "gas").mkdir()
+    pickled = tmp_path / "gas" / "ethylene_CO.pickle"
+    _gas_frame().to_pickle(pickled)
+    trusted = datasets.load("gas", root=tmp_path, dtype=torch.float64, trust_pickle=True)
+    assert convert([str(pickled)]) == 0
+    pickled.write_bytes(b"not a pickle any more")  # the .npz alone must be enough
+    safe = datasets.load("gas", root=tmp_path, dtype=torch.float64)
+    assert torch.equal(safe.train, trusted.train) and torch.equal(safe.test, trusted.test)
+    assert safe.info["columns"] == trusted.info["columns"]
+    (tmp_path / "gas" / "ethylene_CO.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="cannot read .*ethylene_CO.npz"):
         datasets.load("gas", root=tmp_path)
 
 

@@ -59,7 +59,7 @@ def available() -> list[str]:
 
 def load(name: str, *, root: str | os.PathLike | None = None, n_train: int | None = None,
          n_val: int | None = None, n_test: int | None = None, seed: int = 0,
-         dtype: torch.dtype = torch.float32) -> DatasetSplits:
+         dtype: torch.dtype = torch.float32, **options) -> DatasetSplits:
     """Load dataset ``name`` as train / val / test tensors of shape ``(n_split, d)``.
 
     Args:
@@ -73,6 +73,8 @@ def load(name: str, *, root: str | os.PathLike | None = None, n_train: int | Non
         seed: non-negative int; all randomness (sampling, splitting, dequantisation, subsets) derives
             from it through ``numpy.random.SeedSequence``; global RNG state is never touched.
         dtype: floating torch dtype of the returned tensors.
+        **options: options of one loader, e.g. ``trust_pickle=True`` for ``gas``
+            (:func:`~torchcfm_local.datasets.tabular.load_gas`).
 
     Returns:
         :class:`DatasetSplits` with ``train``, ``val``, ``test`` and the recipe in ``info``.
@@ -87,4 +89,4 @@ def load(name: str, *, root: str | os.PathLike | None = None, n_train: int | Non
         loader = REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}") from None
-    return loader(root=root, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, dtype=dtype)
+    return loader(root=root, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, dtype=dtype, **options)

@@ -29,6 +29,8 @@ splits whatever ``seed`` is.
 from __future__ import annotations
 
 import os
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,7 @@ __all__ = [
     "FILES",
     "load_bsds300",
     "load_gas",
+    "convert_gas_pickle",
     "load_hepmass",
     "load_miniboone",
     "load_power",
@@ -198,17 +201,12 @@ def preprocess_gas(frame: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict
     return train, val, test, info
 
 
-def load_gas(*, root: str | os.PathLike | None = None, n_train: int | None = None,
-             n_val: int | None = None, n_test: int | None = None, seed: int = 0,
-             dtype: torch.dtype = torch.float32) -> DatasetSplits:
-    """GAS (d = 8) from ``root/gas/ethylene_CO.pickle``; recipe in :func:`preprocess_gas`.
+GAS_SAFE_FILE = "gas/ethylene_CO.npz"
+"""The GAS table in a format that holds only numbers and names (written by :func:`convert_gas_pickle`)."""
 
-    Reading the pickle needs pandas (a torchcfm dependency).  The release pickle was written by a 2017
-    pandas; if the installed pandas cannot unpickle it, the error says so (re-save it as a pickle
-    with a newer pandas, e.g. ``pd.read_pickle(old).to_pickle(new)`` in an environment that reads it).
-    """
-    n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
-    (path,) = resolve_files("gas", root, FILES["gas"])
+
+def _read_gas_pickle(path: Path):
+    """The DataFrame in the release pickle. Unpickling runs code the file names: trusted files only."""
     pd = pandas_for("gas", "its DataFrame pickle")
     try:
         frame = pd.read_pickle(path)
@@ -219,6 +217,67 @@ def load_gas(*, root: str | os.PathLike | None = None, n_train: int | None = Non
         ) from err
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"gas: expected {path} to hold a pandas DataFrame, got {type(frame).__name__}")
+    return frame
+
+
+def convert_gas_pickle(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
+    """Write the GAS pickle ``src`` as ``.npz`` (column names + float64 values), which
+    :func:`load_gas` reads without unpickling; default ``dst``: ``ethylene_CO.npz`` beside ``src``.
+
+    This unpickles ``src``: run it once, on a file you trust (also as
+    ``python -m torchcfm_local.datasets.convert_gas PATH``).
+    """
+    src = Path(src)
+    frame = _read_gas_pickle(src)
+    dst = src.with_name(Path(GAS_SAFE_FILE).name) if dst is None else Path(dst)
+    np.savez(dst, columns=np.array([str(c) for c in frame.columns]), values=frame.to_numpy(dtype=np.float64))
+    return dst
+
+
+def _read_gas_npz(path: Path):
+    pd = pandas_for("gas", "its table")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            columns, values = [str(c) for c in z["columns"]], np.asarray(z["values"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(f"gas: cannot read {path} ({type(err).__name__}: {err}); expected the .npz that "
+                         "convert_gas_pickle writes (arrays 'columns' and 'values')") from err
+    if values.ndim != 2 or values.shape[1] != len(columns):
+        raise ValueError(f"gas: {path} holds values of shape {values.shape} for {len(columns)} columns")
+    return pd.DataFrame(values, columns=columns)
+
+
+def load_gas(*, root: str | os.PathLike | None = None, n_train: int | None = None,
+             n_val: int | None = None, n_test: int | None = None, seed: int = 0,
+             dtype: torch.dtype = torch.float32, trust_pickle: bool = False) -> DatasetSplits:
+    """GAS (d = 8) from ``root/gas/ethylene_CO.npz`` or ``root/gas/ethylene_CO.pickle``; recipe in
+    :func:`preprocess_gas`.
+
+    The MAF release ships a pandas pickle, and unpickling a file runs whatever code it names, so a
+    tampered download would run on your machine. The pickle is therefore read only with
+    ``trust_pickle=True``; otherwise convert it once (:func:`convert_gas_pickle`, or
+    ``python -m torchcfm_local.datasets.convert_gas root/gas/ethylene_CO.pickle``) and the ``.npz``
+    beside it, which holds only names and numbers, is read instead. The release pickle was written
+    by a 2017 pandas; if the installed pandas cannot unpickle it, the error says so.
+
+    Raises:
+        ValueError: only the pickle is there and ``trust_pickle`` is false (the message says how to
+            convert it), or a file that is not the GAS table.
+    """
+    n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
+    safe = None if root is None else Path(root).expanduser() / GAS_SAFE_FILE
+    if safe is not None and safe.is_file():
+        path, frame = safe, _read_gas_npz(safe)
+    else:
+        (path,) = resolve_files("gas", root, FILES["gas"])
+        if not trust_pickle:
+            raise ValueError(
+                f"gas: refusing to unpickle {path}: unpickling runs code named in the file. If you trust it "
+                f"(the MAF release), pass trust_pickle=True, or convert it once with `python -m "
+                f"torchcfm_local.datasets.convert_gas {path}`, which writes {path.with_suffix('.npz')}; "
+                "that file is read without unpickling"
+            )
+        frame = _read_gas_pickle(path)
     train, val, test, extra = preprocess_gas(frame)
     info = {
         "source": f"{path} (MAF release; UCI gas sensor array under dynamic gas mixtures, ethylene + CO)",
