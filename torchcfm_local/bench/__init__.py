@@ -1,7 +1,6 @@
 """``lfm-bench``: global flow vs Local Flow Matching at equal parameters and equal batches.
 
-    lfm-bench quick                       # tree at the quick budget, all four methods (measured: 12 min
-                                          # wall-clock on 2 CPU cores shared with other busy jobs)
+    lfm-bench quick                       # tree at the quick budget, all four methods
     lfm-bench run rose --budget medium    # any task and budget
     lfm-bench run power --root ~/data/maf --budget full
     lfm-bench list                        # tasks, budgets and methods

@@ -46,7 +46,6 @@ POLICY_RK4_STEPS = 16
 class _ChunkPolicy(nn.Module):
     """What both policies share: observation checks, normalizers, windows, save/load."""
 
-
     def __init__(self, obs_dims: dict, action_dim: int, n_obs_steps: int = 2, horizon: int = 16,
                  n_action_steps: int = 8):
         super().__init__()
@@ -153,7 +152,6 @@ class FlowPolicy(_ChunkPolicy):
             ``cond_dropout > 0`` in :meth:`fit`).
     """
 
-
     def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
                  n_action_steps: int = 8, schedule: Optional[OUSchedule] = None, network: str = "unet",
                  network_config: Optional[dict] = None, matcher=None, ode=None, guidance: Optional[float] = None):
@@ -208,7 +206,6 @@ class FlowPolicy(_ChunkPolicy):
 
 class RegressionPolicy(_ChunkPolicy):
     """MLP from the observation window to the action chunk, trained with MSE (a unimodal baseline)."""
-
 
     def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
                  n_action_steps: int = 8, width: int = 256, depth: int = 3):
