@@ -34,7 +34,12 @@ from .training.loop import progress_bar
 if TYPE_CHECKING:
     from .training import BlockTrainer
 
-__all__ = ["LocalFlowMatching"]
+__all__ = ["LocalFlowMatching", "CHUNK_ROWS"]
+
+#: Most rows integrated at once by default (encode, decode, the training pushforward). Networks
+#: evaluate faster per row on batches that stay in the CPU's caches than on one huge batch;
+#: ``benchmarks/bench_chunk.py`` measures it (``benchmarks/results/chunk.md``).
+CHUNK_ROWS = 8192
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -243,8 +248,9 @@ class LocalFlowMatching(nn.Module):
         return out, nfe
 
     def default_chunk(self) -> int:
-        """Rows integrated at once by default: about 2^20 numbers per chunk, at least 256 rows."""
-        return max(256, 2**20 // self.dim)
+        """Rows integrated at once by default: at most :data:`CHUNK_ROWS`, and for wide samples about
+        2^20 numbers per chunk (at least 256 rows), which bounds memory."""
+        return min(CHUNK_ROWS, max(256, 2**20 // self.dim))
 
     def decode(self, z, *, ode=None, chunk_size: Optional[int] = None, blocks: Optional[Sequence[int]] = None,
                cond=None, guidance: Optional[float] = None) -> torch.Tensor:
@@ -349,7 +355,7 @@ class LocalFlowMatching(nn.Module):
         self._require_trained("evaluate log_prob")
         x = self.check_samples(x, "x")
         cond = self.check_cond(cond, x.shape[0])
-        chunk_size = positive_int(max(1, self.default_chunk() // 8) if chunk_size is None else chunk_size, "chunk_size")
+        chunk_size = positive_int(max(1, 2**17 // self.dim) if chunk_size is None else chunk_size, "chunk_size")
         c = None if cond is None else inputs.cond_input(cond)
         was_training = self.training
         self.eval()
