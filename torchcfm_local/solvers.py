@@ -129,8 +129,10 @@ class ODEOptions:
         return replace(self, **changes)
 
     @classmethod
-    def coerce(cls, value: "ODEOptions | str | dict | None", default: "ODEOptions") -> "ODEOptions":
-        """Accept an ``ODEOptions``, a solver name, a dict of fields, or ``None`` (-> ``default``)."""
+    def coerce(cls, value: "ODEOptions | str | dict | list | None", default: "ODEOptions") -> "ODEOptions":
+        """Accept an ``ODEOptions``, a solver name, a dict of fields (:meth:`to_dict`), a list
+        ``[solver, atol, rtol, steps]`` (how files of earlier versions stored them), or ``None``
+        (-> ``default``)."""
         if value is None:
             return default
         if isinstance(value, ODEOptions):
@@ -139,6 +141,8 @@ class ODEOptions:
             return default.with_(solver=value)
         if isinstance(value, dict):
             return default.with_(**value)
+        if isinstance(value, (list, tuple)) and len(value) == 4:
+            return cls(*value)
         raise TypeError(f"ODE options must be ODEOptions, a solver name or a dict, got {type(value).__name__}")
 
 

@@ -261,8 +261,7 @@ def load_policy(path: Union[str, os.PathLike], map_location="cpu") -> _ChunkPoli
         raise ValueError(f"{path} holds an unknown policy class {state.get('class')!r}")
     config = dict(state["config"])
     if cls is FlowPolicy:
-        ode = config.pop("ode")  # a dict; files from earlier versions hold [solver, atol, rtol, steps]
-        config["ode"] = ODEOptions(*ode) if isinstance(ode, (list, tuple)) else ODEOptions.coerce(ode, ODEOptions())
+        config["ode"] = ODEOptions.coerce(config.pop("ode"), ODEOptions())
         flow_state = state["model"]
         schedule = OUSchedule.from_steps(flow_state["schedule"])
         obs_dims, action_dim = config.pop("obs_dims"), config.pop("action_dim")

@@ -135,7 +135,5 @@ class FitConfig:
         legacy = {f.name: f.metadata["legacy"] for f in dataclasses.fields(FitConfig)
                   if f.metadata.get("legacy", _NO_LEGACY) is not _NO_LEGACY}
         settings = {"world_size": 1, **legacy, **saved}
-        ode = settings.get("pushforward_ode")
-        if isinstance(ode, (list, tuple)):  # written as [solver, atol, rtol, steps] before
-            settings["pushforward_ode"] = dict(zip(("solver", "atol", "rtol", "steps"), ode))
+        settings["pushforward_ode"] = ODEOptions.coerce(settings["pushforward_ode"], PUSHFORWARD_ODE).to_dict()
         return settings

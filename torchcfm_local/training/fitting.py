@@ -16,6 +16,7 @@ import torch
 
 from ..distributed import DistContext, context as dist_context, shard
 from ..inputs import cond_input
+from ..pool import MemmapPool
 from ..reports import BlockReport, FitReport
 from ..solvers import VelocityField
 from .blocks import BlockTrainer
@@ -40,8 +41,6 @@ def fit(lfm, x, cond=None, config: Optional[FitConfig] = None) -> FitReport:
 
 def _check_inputs(lfm, x, cond, config: FitConfig):
     """The checks that need the data or the model; returns the checked ``(x, cond)``."""
-    from ..pool import MemmapPool
-
     x = lfm.check_samples(x, "training data", min_count=2)
     config.per_block(lfm.n_blocks)
     if config.pool_dir is not None:
