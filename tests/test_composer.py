@@ -402,3 +402,39 @@ def test_log_prob_bad_input(trained_2d):
         lfm.log_prob(torch.zeros(4, 2), estimator="skilling")
     with pytest.raises(RuntimeError, match="trained"):
         make().log_prob(torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("activation", ["silu", "selu", "relu", "tanh", "elu", "gelu", "softplus20"])
+def test_mlp_activations_build_and_round_trip(activation, tmp_path):
+    net = tl.MLP(3, width=16, depth=2, n_freq=0, activation=activation)
+    assert net.config["activation"] == activation and net.net[0].in_features == 3 + 1  # raw t only
+    lfm = tl.LocalFlowMatching(3, tl.OUSchedule(0.2, 1.0, 2), velocity_factory=lambda n: tl.MLP(
+        3, width=16, depth=2, n_freq=0, activation=activation))
+    lfm.save(tmp_path / "m.pt")
+    loaded = tl.LocalFlowMatching.load(tmp_path / "m.pt")
+    x, t = torch.randn(5, 3), torch.rand(5)
+    assert torch.equal(loaded.nets[1](t, x), lfm.nets[1](t, x))
+    if activation == "softplus20":  # beta = 20: within log(2)/20 of a ReLU
+        act = net.net[1]
+        u = torch.linspace(-3, 3, 61)
+        assert torch.all((act(u) - torch.relu(u)).abs() <= math.log(2) / 20 + 1e-6)
+
+
+def test_mlp_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="unknown activation 'swish'.*softplus20"):
+        tl.MLP(2, activation="swish")
+
+
+def test_bench_task_mlp_options_reach_both_sides():
+    import dataclasses
+
+    from torchcfm_local.bench.protocol import build_model, prepare
+    from torchcfm_local.bench.registry import BUDGETS, TASKS
+    from torchcfm_local.networks import count_parameters
+
+    task = dataclasses.replace(TASKS["8gaussians"], mlp={"activation": "softplus20", "n_freq": 0})
+    setup = prepare(task, "8gaussians", BUDGETS["smoke"], "smoke")
+    lfm, glob = build_model("lfm-linear", setup, 0), build_model("global-linear", setup, 0)
+    for model, params in ((lfm, setup.block_params), (glob, setup.global_params)):
+        assert all(isinstance(n.net[1], torch.nn.Softplus) and n.config["n_freq"] == 0 for n in model.nets)
+        assert count_parameters(model.nets[0]) == params

@@ -18,7 +18,8 @@ from ._checks import positive_int
 
 __all__ = ["MLP", "NETWORKS", "network_spec", "count_parameters", "width_for_parameters"]
 
-_ACTIVATIONS = {"silu": nn.SiLU, "selu": nn.SELU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+_ACTIVATIONS = {"silu": nn.SiLU, "selu": nn.SELU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU,
+                "softplus20": lambda: nn.Softplus(beta=20.0), "gelu": nn.GELU}
 
 
 class MLP(nn.Module):
@@ -34,7 +35,8 @@ class MLP(nn.Module):
         width: hidden units per layer.
         depth: number of hidden layers (>= 1).
         n_freq: number of Fourier frequencies of the time input (0: raw ``t`` only).
-        activation: one of ``silu``, ``selu``, ``relu``, ``tanh``, ``elu``.
+        activation: one of ``silu``, ``selu``, ``relu``, ``tanh``, ``elu``, ``gelu`` or
+            ``softplus20`` (``Softplus(beta=20)``, a smooth ReLU; the LFM reference code's choice).
         cond_features: width of a conditioning input ``cond`` ``(B, cond_features)``
             concatenated to the input (0: unconditional). A conditional
             :class:`~torchcfm_local.LocalFlowMatching` passes ``cond_dim + 1`` features.

@@ -41,14 +41,14 @@ __all__ = ["EVAL_ODE", "RunResult", "BenchRun", "Setup", "mlp_params", "matched_
 EVAL_ODE = ODEOptions(solver="dopri5", atol=1e-5, rtol=1e-5)
 
 
-def mlp_params(dim: int, width: int, depth: int) -> int:
-    """Parameters of ``MLP(dim, width=width, depth=depth)`` (the benchmark's velocity network)."""
-    return count_parameters(MLP(dim, width=width, depth=depth))
+def mlp_params(dim: int, width: int, depth: int, **mlp) -> int:
+    """Parameters of ``MLP(dim, width=width, depth=depth, **mlp)`` (the benchmark's velocity network)."""
+    return count_parameters(MLP(dim, width=width, depth=depth, **mlp))
 
 
-def matched_width(dim: int, target: int, depth: int) -> int:
+def matched_width(dim: int, target: int, depth: int, **mlp) -> int:
     """Width whose MLP parameter count is closest to ``target`` (the smaller width on a tie)."""
-    return width_for_parameters(lambda width: MLP(dim, width=width, depth=depth), target)
+    return width_for_parameters(lambda width: MLP(dim, width=width, depth=depth, **mlp), target)
 
 
 @dataclass
@@ -160,8 +160,8 @@ def prepare(task: Task, task_name: str, budget: Budget, budget_name: str, *, roo
     if budget.n_train is not None and budget.n_train < len(train):  # a seeded random subset
         train = train[torch.randperm(len(train), generator=g)[: budget.n_train]]
     width = max(8, int(round(task.width * budget.width_scale)))
-    block_params = mlp_params(data.dim, width, task.depth)
-    global_width = matched_width(data.dim, task.n_blocks * block_params, task.depth)
+    block_params = mlp_params(data.dim, width, task.depth, **task.mlp)
+    global_width = matched_width(data.dim, task.n_blocks * block_params, task.depth, **task.mlp)
     if min(budget.fractions) * budget.per_block < 1:
         raise ValueError(f"budget {budget_name!r} is too small for a learning curve: "
                          f"{min(budget.fractions)} x {budget.per_block} batches per block < 1")
@@ -171,7 +171,7 @@ def prepare(task: Task, task_name: str, budget: Budget, budget_name: str, *, roo
     return Setup(task=task, task_name=task_name, budget=budget, budget_name=budget_name, dataset_info=data.info,
                  dim=data.dim, train=train, test=test, curve_set=curve_set, val=data.val[: budget.n_eval],
                  estimator="exact" if data.dim <= 16 else "hutchinson", width=width, global_width=global_width,
-                 block_params=block_params, global_params=mlp_params(data.dim, global_width, task.depth),
+                 block_params=block_params, global_params=mlp_params(data.dim, global_width, task.depth, **task.mlp),
                  batch_size=min(budget.batch_size, len(train)))
 
 
@@ -182,7 +182,7 @@ def build_model(method: str, setup: Setup, seed: int) -> LocalFlowMatching:
     schedule = OUSchedule.from_steps(task.steps) if spec.local else OUSchedule.global_flow()
     width = setup.width if spec.local else setup.global_width
     return LocalFlowMatching(setup.dim, schedule, spec.matcher(),
-                             lambda n: MLP(setup.dim, width=width, depth=task.depth), t_beta=task.t_beta)
+                             lambda n: MLP(setup.dim, width=width, depth=task.depth, **task.mlp), t_beta=task.t_beta)
 
 
 def _nll(model: LocalFlowMatching, x: torch.Tensor, estimator: str, seed: int) -> float:

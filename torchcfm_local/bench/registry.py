@@ -7,7 +7,7 @@ the model is one entry in :data:`METHODS`. The protocol that uses them is in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from .._checks import positive_float, positive_int
@@ -43,6 +43,8 @@ class Task:
         block_weights: relative share of the LFM batches of each block (free block last);
             None: equal shares.
         note: where the recipe comes from (shown by ``lfm-bench list``).
+        mlp: further :class:`~torchcfm_local.MLP` keyword arguments of every MLP (LFM blocks and
+            the global flow), for example ``{"activation": "silu"}``; empty: the MLP's defaults.
     """
 
     dataset: str
@@ -54,6 +56,7 @@ class Task:
     t_beta: Optional[tuple[float, float]] = None
     block_weights: Optional[tuple[float, ...]] = None
     note: str = ""
+    mlp: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _positive_floats(self.steps, "Task.steps")
