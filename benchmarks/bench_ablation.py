@@ -29,7 +29,8 @@ uniform t, equal batches per block; for other tasks "paper" is the task's own re
 
 Writes ``<out>/ablation_<task>_<budget>[_seedS][_lfm-trig].{json,md,png}``. ``--reference`` takes the two
 global flows from an ``lfm-bench run`` of the same task, budget and seed instead of training them
-again (the settings are checked, and the file is named in the output).
+again (the settings are checked, and the file is named in the output): the ``results.json`` of a
+one-seed run, or ``seed<k>/results.json`` of a run over several seeds.
 """
 from __future__ import annotations
 

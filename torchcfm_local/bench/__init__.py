@@ -1,18 +1,29 @@
 """``lfm-bench``: global flow vs Local Flow Matching at equal parameters and equal batches.
 
-    lfm-bench quick                       # tree at the quick budget, all four methods
-    lfm-bench run rose --budget medium    # any task and budget
-    lfm-bench run power --root ~/data/maf --budget full
+    lfm-bench quick                       # tree at the quick budget, all four methods, seed 0
+    lfm-bench quick --seeds 0,1,2         # the same over three seeds: mean ± standard error
+    lfm-bench run rose --budget medium    # any task and budget (medium and full: seeds 0,1,2)
+    lfm-bench run power --root ~/data/maf --budget full --seeds 0
     lfm-bench list                        # tasks, budgets and methods
 
-Each run writes ``<out>/<task>_<budget>/``: ``results.json`` (every number, the command, commit,
-versions and machine), ``results.md`` (the table), ``curves.png``, ``samples.png`` and, for 2D
-data, ``density.png``.
+``--seeds`` takes comma-separated ints >= 0 (``--seed N`` is the same as ``--seeds N``); the
+default is ``0`` for the smoke and quick budgets and ``0,1,2`` for medium and full. Each seed
+draws its own data subsets and initializations.
+
+With one seed a run writes ``<out>/<task>_<budget>/``: ``results.json`` (every number, the command,
+commit, versions and machine), ``results.md`` (the table, marked "one seed"), ``curves.png``,
+``samples.png`` and, for 2D data, ``density.png``. With several seeds each seed's files go to
+``<out>/<task>_<budget>/seed<k>/`` and ``<out>/<task>_<budget>/`` holds the aggregate:
+``results.json`` (the seeds, each seed's summary, the aggregate and the provenance),
+``results.md`` (per method mean ± SE over seeds of test NLL, val NLL, energy distance, NFE and
+seconds; paired differences LFM - global per seed; batches to the global flow's NLL on the mean
+learning curves) and ``curves.png`` (mean learning curves with ± SE bands).
 
 Modules: :mod:`~torchcfm_local.bench.registry` (tasks, budgets, methods),
-:mod:`~torchcfm_local.bench.protocol` (:func:`~torchcfm_local.bench.protocol.run_task` and the
-protocol), :mod:`~torchcfm_local.bench.report` (summaries, tables, files, provenance) and
-:mod:`~torchcfm_local.bench.plots` (figures).
+:mod:`~torchcfm_local.bench.protocol` (:func:`~torchcfm_local.bench.protocol.run_task`: one seed,
+and the protocol), :mod:`~torchcfm_local.bench.seeds` (:func:`~torchcfm_local.bench.seeds.run_seeds`
+and the aggregation over seeds), :mod:`~torchcfm_local.bench.report` (summaries, tables, files,
+provenance) and :mod:`~torchcfm_local.bench.plots` (figures).
 """
 from __future__ import annotations
 
@@ -24,15 +35,36 @@ from typing import Optional, Sequence
 __all__ = ["main", "run_and_report"]
 
 
-def run_and_report(task: str, budget: str, out: str, methods=None, root=None, seed: int = 0,
+def run_and_report(task, budget, out: str, methods=None, root=None, seeds=None,
                    progress: bool = True, figures: bool = True) -> Path:
-    """Run one task, write its JSON, markdown table and figures; returns the output directory."""
-    from .protocol import run_task
-    from .report import write_run
+    """Run a task for one or more seeds, write JSON, markdown tables and figures; returns the output directory.
 
-    run = run_task(task, budget, methods, root=root, seed=seed, progress=progress)
-    directory = Path(out) / f"{task}_{budget}"
-    table = write_run(run, directory, figures=figures)
+    ``task`` and ``budget`` are names or :class:`~.registry.Task` / :class:`~.registry.Budget`
+    objects (as for :func:`~.protocol.run_task`); ``seeds`` is an int, a sequence of ints or None
+    (:func:`~.seeds.default_seeds` of the budget). One seed writes its files directly into
+    ``<out>/<task>_<budget>/``; several write each seed's files into ``seed<k>/`` below it and the
+    aggregate (mean ± SE, paired differences, mean curves) into it.
+    """
+    from .protocol import resolve
+    from .report import write_run
+    from .seeds import check_seeds, default_seeds, run_seeds, write_seeds
+
+    _, task_name, _, budget_name, _ = resolve(task, budget, methods)
+    if seeds is None:
+        seeds = default_seeds(budget_name)
+    seeds = check_seeds([seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds)
+    directory = Path(out) / f"{task_name}_{budget_name}"
+    tables = {}
+
+    def write_seed(run):
+        seed = run.result["seed"]
+        target = directory if len(seeds) == 1 else directory / f"seed{seed}"
+        tables[seed] = write_run(run, target, figures=figures)
+        if len(seeds) > 1:
+            print(f"{tables[seed]}\n\nseed {seed} written to {target}/\n")
+
+    results = run_seeds(task, budget, methods, seeds=seeds, root=root, progress=progress, on_run=write_seed)
+    table = tables[seeds[0]] if len(seeds) == 1 else write_seeds(results, directory, figures=figures)
     print(table)
     print(f"\nresults written to {directory}/")
     return directory
@@ -51,7 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--root", default=None, help="directory with the MAF dataset files (power, gas, ...)")
     for p in (quick, run):
         p.add_argument("--out", default="lfm-bench-results", help="output directory (default: ./lfm-bench-results)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seeds", "--seed", dest="seeds", default=None,
+                       help="comma-separated seeds, e.g. 0,1,2 (default: 0 for smoke and quick, 0,1,2 for medium and full)")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.add_argument("--no-figures", action="store_true", help="skip the matplotlib figures")
     sub.add_parser("list", help="list tasks, budgets and methods")
@@ -65,7 +98,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     task, budget = ("tree", "quick") if args.command == "quick" else (args.task, args.budget)
     methods = None if args.command == "quick" else [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
-        run_and_report(task, budget, args.out, methods, getattr(args, "root", None), args.seed,
+        from .seeds import parse_seeds
+
+        seeds = None if args.seeds is None else parse_seeds(args.seeds)
+        run_and_report(task, budget, args.out, methods, getattr(args, "root", None), seeds,
                        progress=not args.no_progress, figures=not args.no_figures)
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"lfm-bench: error: {err}", file=sys.stderr)

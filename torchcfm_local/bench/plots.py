@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["require_matplotlib", "learning_curves", "samples_vs_data", "density_maps"]
+__all__ = ["require_matplotlib", "learning_curves", "mean_learning_curves", "samples_vs_data", "density_maps"]
 
 MATPLOTLIB_MISSING = 'figures need matplotlib: pip install "torchcfm-local[bench]"'
 
@@ -48,6 +48,36 @@ def learning_curves(result: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"{result['task']['dataset']}: learning curves ({result['budget']} budget)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def mean_learning_curves(record: dict, path: Path) -> Path:
+    """Mean NLL over seeds with a ± SE band against training batches and against mean seconds.
+
+    ``record`` is a :func:`~torchcfm_local.bench.seeds.seeds_record` (several seeds of one task).
+    """
+    plt = require_matplotlib()
+    agg = record["aggregate"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for row in agg["methods"]:
+        mean = [v for _, v in row["curve"]]
+        se = [0.0 if s is None else s for s in row["curve_se"]]
+        low, high = [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)]
+        style = "-o" if row["method"].startswith("lfm") else "--s"
+        for ax, xs in zip(axes, ([b for b, _ in row["curve"]], row["curve_seconds"])):
+            line, = ax.plot(xs, mean, style, label=row["method"])
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    axes[0].set_xlabel("training batches (all blocks)")
+    axes[1].set_xlabel("mean seconds (training + pushforward)")
+    for ax in axes:
+        ax.set_ylabel("NLL (nats), held-out subset")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{record['task']['dataset']}: mean learning curves ± SE over {agg['n_seeds']} seeds "
+                 f"({record['budget']} budget)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,7 +2,8 @@
 
 :func:`summarize` and :func:`markdown_table` turn an ``lfm-bench`` result (see
 :func:`~torchcfm_local.bench.protocol.run_task`) into rows and a table; :func:`write_run` writes a
-run's files. :func:`provenance` and :func:`write_results` record where any measurement of the
+one-seed run's files (the aggregate over several seeds is in :mod:`~torchcfm_local.bench.seeds`).
+:func:`provenance` and :func:`write_results` record where any measurement of the
 package's benchmarks came from (command line, git commit, versions, machine); the scripts in
 ``benchmarks/`` use them too.
 """
@@ -17,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["first_crossing", "summarize", "markdown_table", "write_run", "provenance", "write_results"]
+__all__ = ["first_crossing", "compare_to_reference", "summarize", "run_heading", "format_reach", "markdown_table",
+           "write_run", "provenance", "write_results"]
 
 
 def first_crossing(curve: list[tuple[float, float]], target: float) -> Optional[float]:
@@ -48,8 +50,14 @@ def _method_row(runs: list[dict]) -> dict:
     return row
 
 
-def _compare_to_reference(row: dict, rows: list[dict]) -> None:
-    """Add to an LFM row the batches it needed to reach the final curve NLL of the global flow on its path."""
+def compare_to_reference(row: dict, rows: list[dict]) -> None:
+    """Add to an LFM row the batches it needed to reach the final curve NLL of the global flow on its path.
+
+    A row needs ``method``, ``batches`` and ``curve`` (``[(batches, NLL), ...]``, batches
+    ascending); the keys added are ``reference``, ``batches_to_reference_nll``,
+    ``batches_to_reference_is_upper_bound`` and ``batch_ratio_to_reference``. Nothing is added when
+    ``rows`` has no ``global-<path>`` row.
+    """
     ref_name = "global-" + row["method"].split("-", 1)[1]
     ref = next((r for r in rows if r["method"] == ref_name), None)
     if ref is None:
@@ -75,31 +83,38 @@ def summarize(result: dict) -> list[dict]:
     rows = [_method_row([r for r in runs if r["method"] == m]) for m in methods]
     for row in rows:
         if row["method"].startswith("lfm"):
-            _compare_to_reference(row, rows)
+            compare_to_reference(row, rows)
     return rows
 
 
+def run_heading(result: dict, seeds_note: str) -> str:
+    """The markdown heading of a task run: dataset, budget, ``seeds_note``, sizes and the evaluation."""
+    return (f"### {result['task']['dataset']} ({result['budget']} budget, {seeds_note}): d={result['dim']}, "
+            f"{result['n_train']} train points, {result['total_batches']} batches of {result['batch_size']} per "
+            f"method, LFM {result['n_blocks']} blocks x MLP({result['lfm_width']}x{result['depth']}), global "
+            f"MLP({result['global_width']}x{result['depth']}); NLL in nats ({result['estimator']} divergence, "
+            f"dopri5 1e-5); energy distance to {result['n_test']} test points\n")
+
+
+def format_reach(row: dict) -> str:
+    """The "batches to global NLL" cell of a row (``-`` for rows without a reference)."""
+    if "batch_ratio_to_reference" not in row:
+        return "-"
+    ratio = row["batch_ratio_to_reference"]
+    bound = "<= " if row["batches_to_reference_is_upper_bound"] else ""
+    return "not reached" if ratio is None else f"{bound}{row['batches_to_reference_nll']:.0f} ({bound}{ratio:.2f}x)"
+
+
 def markdown_table(result: dict) -> str:
-    """The summary of a task run as a markdown heading, table and learning-curve line."""
+    """The summary of a one-seed task run as a markdown heading, table and learning-curve line."""
     rows = result["summary"]
-    head = (f"### {result['task']['dataset']} ({result['budget']} budget): d={result['dim']}, {result['n_train']} train points, "
-            f"{result['total_batches']} batches of {result['batch_size']} per method, LFM {result['n_blocks']} blocks x "
-            f"MLP({result['lfm_width']}x{result['depth']}), global MLP({result['global_width']}x{result['depth']}); "
-            f"NLL in nats ({result['estimator']} divergence, dopri5 1e-5); energy distance to "
-            f"{result['n_test']} test points\n")
-    lines = [head,
+    lines = [run_heading(result, f"one seed: {result.get('seed')}"),
              "| method | params | test NLL | val NLL | energy dist. | NFE/sample | train s | push s | total s | batches to global NLL |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if "batch_ratio_to_reference" in r:
-            ratio = r["batch_ratio_to_reference"]
-            bound = "<= " if r["batches_to_reference_is_upper_bound"] else ""
-            reach = "not reached" if ratio is None else f"{bound}{r['batches_to_reference_nll']:.0f} ({bound}{ratio:.2f}x)"
-        else:
-            reach = "-"
         lines.append(f"| {r['method']} | {r['params']} | {r['test_nll']:.4f} | {r['val_nll']:.4f} | {r['energy_distance']:.4f} "
                      f"| {r['sample_nfe']:.0f} | {r['train_seconds']:.1f} | {r['pushforward_seconds']:.1f} "
-                     f"| {r['total_seconds']:.1f} | {reach} |")
+                     f"| {r['total_seconds']:.1f} | {format_reach(r)} |")
     lines.append("")
     lines.append("Learning curves (batches: NLL on the held-out curve subset): " + "; ".join(
         f"{r['method']}: " + ", ".join(f"{b}: {v:.3f}" for b, v in r["curve"]) for r in rows))
