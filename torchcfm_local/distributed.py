@@ -14,10 +14,19 @@ CPU, nccl on CUDA). What each rank does:
   memory-mapped pool (``pool_dir``) needs no communication: every rank writes its rows of the
   shared file, which must therefore be visible to all ranks (one machine, or a shared filesystem).
 * **Files.** Only rank 0 writes checkpoints; every rank reads them on ``resume``.
+* **A rank that dies.** The others do not wait for it forever: a process group made here gives
+  up on a collective after :func:`collective_timeout` (``TORCHCFM_LOCAL_DIST_TIMEOUT`` seconds,
+  default 10 minutes), and a peer whose process is gone (its sockets closed) fails the next
+  collective at once; either way every surviving rank raises a RuntimeError from torch.distributed
+  (gloo: "Connection closed/reset by peer", or "Timed out waiting ...") and exits. Rank 0's
+  checkpoints stay as they were after the last step saved: relaunch all ranks with
+  ``resume=True`` (``--resume``) to continue (tests/test_kill_rank.py).
 """
 from __future__ import annotations
 
 import atexit
+import datetime
+import math
 import os
 import time
 import uuid
@@ -26,7 +35,10 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["DistContext", "context", "shard"]
+__all__ = ["DistContext", "context", "shard", "collective_timeout", "TIMEOUT_ENV"]
+
+TIMEOUT_ENV = "TORCHCFM_LOCAL_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
 
 
 def shard(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -118,6 +130,26 @@ def _register_settle():
         _SETTLE_REGISTERED = True
 
 
+def collective_timeout(seconds: Optional[float] = None) -> datetime.timedelta:
+    """How long a rank waits in one collective before it gives up: ``seconds``, else the
+    ``TORCHCFM_LOCAL_DIST_TIMEOUT`` environment variable (seconds), else 10 minutes.
+
+    Long enough for rank 0 to write a checkpoint while the others wait; short enough that a run
+    whose peer hangs (a stalled machine, a lost network) ends instead of holding its devices.
+    """
+    raw = seconds if seconds is not None else os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 < value < math.inf:
+        name = "timeout" if seconds is not None else TIMEOUT_ENV
+        raise ValueError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return datetime.timedelta(seconds=value)
+
+
 def _settle_at_exit():
     # Each collective that DDP launches inside backward() holds a Python object (the context that
     # autograd stashes in thread-local state), and the backend's worker thread that ran it drops it
@@ -134,13 +166,14 @@ def _destroy_group():
         torch.distributed.destroy_process_group()
 
 
-def context(device: Optional[torch.device] = None, init: bool = True) -> DistContext:
+def context(device: Optional[torch.device] = None, init: bool = True,
+            timeout: Optional[float] = None) -> DistContext:
     """The current :class:`DistContext`.
 
     Uses an initialized default process group; otherwise, when ``init`` and torchrun's
     environment variables announce ``WORLD_SIZE > 1``, initializes one (nccl when ``device`` is
-    CUDA, else gloo), which it destroys when the interpreter exits. Without either, a
-    single-process context.
+    CUDA, else gloo) whose collectives give up after :func:`collective_timeout` (``timeout``
+    seconds), and destroys it when the interpreter exits. Without either, a single-process context.
     """
     dist = torch.distributed
     if not dist.is_available():
@@ -149,7 +182,7 @@ def context(device: Optional[torch.device] = None, init: bool = True) -> DistCon
         if not init or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return DistContext()
         backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=collective_timeout(timeout))
         atexit.register(_destroy_group)  # we made it, so we take it down (runs after _settle_at_exit)
     world = dist.get_world_size()
     if world == 1:

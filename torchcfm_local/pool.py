@@ -41,6 +41,42 @@ class PoolDirError(ValueError):
     """A pool directory that is not one (foreign files, a damaged ``pool.json``, missing buffers)."""
 
 
+def _count(value, none_ok: bool = False) -> bool:
+    return (value is None and none_ok) or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+_FIELDS = {  # what create() writes, checked on open: a damaged pool.json is refused, not half-used
+    "format": lambda v: v == _FORMAT,
+    "version": lambda v: v is None or (_count(v) and v <= _VERSION),  # None: files from before versions
+    "shape": lambda v: isinstance(v, list) and len(v) >= 1 and all(map(_count, v)),
+    "dtype": lambda v: v in ("float32", "float64", "float16"),
+    "current": lambda v: v in _BUFFERS,
+    "after_block": lambda v: _count(v, none_ok=True),
+    "fingerprint": lambda v: isinstance(v, list) and all(type(f) in (int, float) for f in v),
+    "token": lambda v: v is None or isinstance(v, str),
+    "run": lambda v: v is None or isinstance(v, str),
+}
+
+
+def _read_meta(path: Path) -> dict:
+    """``pool.json``, checked field by field; PoolDirError naming ``path`` otherwise."""
+    if not path.exists():
+        raise PoolDirError(f"{path.parent} holds no pool (no {_META})")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # a directory, unreadable, not UTF-8, not JSON
+        raise PoolDirError(f"{path} is not a readable pool description: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise PoolDirError(f"{path} is not a torchcfm_local pool description (format {found!r})")
+    if isinstance(meta.get("version"), int) and meta["version"] > _VERSION:
+        raise PoolDirError(f"{path} uses pool format version {meta['version']}; this version reads <= {_VERSION}")
+    bad = sorted(set(meta) - set(_FIELDS)) + [key for key, ok in _FIELDS.items() if not ok(meta.get(key))]
+    if bad:
+        raise PoolDirError(f"{path} is damaged: missing, unknown or invalid fields {bad}")
+    return meta
+
+
 def _tensor(array: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():  # read-only mappings: we copy before anyone can write
         warnings.simplefilter("ignore", UserWarning)
@@ -98,33 +134,29 @@ class MemmapPool:
 
     @classmethod
     def open(cls, directory: Union[str, os.PathLike]) -> "MemmapPool":
-        """Reopen a pool directory written by :meth:`create`."""
+        """Reopen a pool directory written by :meth:`create`.
+
+        Raises:
+            PoolDirError: no ``pool.json``, or one that cannot be read, is not ours, is newer or has
+                a damaged field; a buffer that is missing, damaged, or not the shape and dtype
+                ``pool.json`` gives. The message names the file.
+        """
         directory = cls.check_dir(directory)
-        path = directory / _META
-        if not path.exists():
-            raise PoolDirError(f"{directory} holds no pool (no {_META})")
-        try:
-            meta = json.loads(path.read_text())
-            ok = meta.get("format") == _FORMAT and isinstance(meta.get("shape"), list)
-            ok = ok and meta.get("current") in _BUFFERS and meta.get("dtype") in ("float32", "float64", "float16")
-        except (OSError, ValueError, AttributeError) as err:
-            raise PoolDirError(f"{path} is not a readable pool description: {err}") from err
-        if not ok:
-            raise PoolDirError(f"{path} is not a torchcfm_local pool description (format {meta.get('format')!r})")
-        if meta.get("version", 0) > _VERSION:
-            raise PoolDirError(f"{path} uses pool format version {meta['version']}; this version reads <= {_VERSION}")
-        pool = cls(directory, meta)
+        pool = cls(directory, _read_meta(directory / _META))
         for name in _BUFFERS:
             buffer = directory / name
             try:
                 header = np.lib.format.open_memmap(buffer, mode="r")
-            except (OSError, ValueError) as err:
-                raise PoolDirError(f"pool buffer {buffer} is missing or damaged: {err}") from err
+            except Exception as err:  # numpy's header parser raises OSError, ValueError, SyntaxError, TokenError, ...
+                raise PoolDirError(f"pool buffer {buffer} is missing or damaged: {type(err).__name__}: {err}") from err
             if header.shape != pool.shape or header.dtype != pool._np_dtype:
                 raise PoolDirError(
                     f"pool buffer {buffer} has shape {header.shape} and dtype {header.dtype}; "
-                    f"{_META} says {pool.shape} and {pool._np_dtype}"
+                    f"{directory / _META} says {pool.shape} and {pool._np_dtype}"
                 )
+            if buffer.stat().st_size != header.offset + header.nbytes:  # a damaged header length shifts the rows
+                raise PoolDirError(f"pool buffer {buffer} holds {buffer.stat().st_size} bytes; its header "
+                                   f"announces {header.offset + header.nbytes}")
             del header
         return pool
 

@@ -84,6 +84,10 @@ def load(name: str, *, root: str | os.PathLike | None = None, n_train: int | Non
         TypeError: ``dtype`` is not a floating torch dtype.
         FileNotFoundError: a file-based dataset with ``root=None`` or missing files (the message names
             the expected paths and where the standard files come from).
+        PermissionError: a data file that cannot be read.
+        ValueError: a data file that is damaged (truncated, garbled) or not the expected table; the
+            message names it. Raw ``.npy`` / CSV / HDF5 files carry no checksum: a changed number
+            inside an intact file reads as that number.
     """
     try:
         loader = REGISTRY[name]

@@ -1,11 +1,16 @@
 """What the MAF tabular loaders of :mod:`.tabular` share: the release's file layout, the steps its
-recipes have in common, reading pandas tables, and the final subsampling.
+recipes have in common, reading pandas tables (and the GAS files), errors that name the file, and
+the final subsampling.
 
 Private to the package; :data:`FILES` is re-exported by :mod:`.tabular`.
 """
 from __future__ import annotations
 
-from typing import Any
+import tokenize
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -74,6 +79,93 @@ def pandas_for(dataset: str, what: str) -> Any:
     except ImportError as err:  # pragma: no cover - pandas comes with torchcfm
         raise ImportError(f"the {dataset} dataset needs pandas to read {what}: pip install pandas") from err
     return pd
+
+
+_DAMAGE = (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, RuntimeError, SyntaxError,
+           tokenize.TokenError, zipfile.BadZipFile)
+"""What numpy, pandas, zipfile and h5py raise for a damaged or foreign file: pandas' parser errors are
+ValueErrors, numpy's ``.npy`` header parser lets SyntaxError and TokenError out, zipfile raises
+NotImplementedError (a RuntimeError) for flags it does not know, h5py RuntimeError for broken metadata."""
+
+
+@contextmanager
+def reading(dataset: str, *paths: Path) -> Iterator[None]:
+    """Errors raised while reading or preprocessing ``paths`` become a ValueError that names them.
+
+    A truncated, damaged or foreign file makes numpy, pandas or h5py raise many types (EOFError,
+    OSError, KeyError, ...), mostly without the path. FileNotFoundError and PermissionError pass
+    unchanged (their messages name the file), and so does a ValueError that already names it.
+    """
+    try:
+        yield
+    except (FileNotFoundError, PermissionError):
+        raise
+    except _DAMAGE as err:
+        names = " and ".join(str(p) for p in paths)
+        if isinstance(err, ValueError):
+            if all(str(p) in str(err) for p in paths):
+                raise
+            raise ValueError(f"{err} (reading {names})") from err
+        raise ValueError(f"{dataset}: cannot read {names} ({type(err).__name__}: {err})") from err
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """The array of an ``.npy`` file, whose size must be what its header announces (numpy itself
+    reads a file with a damaged header length, or extra bytes, as a shifted or partial array)."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if not isinstance(array, np.memmap):
+        getattr(array, "close", lambda: None)()
+        raise ValueError(f"{path} is not an .npy array file (found {type(array).__name__})")
+    expected, size = array.offset + array.nbytes, path.stat().st_size
+    if size != expected:
+        raise ValueError(f"{path} holds {size} bytes but its .npy header announces {expected} (a damaged or cut file)")
+    return np.array(array)
+
+
+def read_csv_table(dataset: str, path: Path):
+    """The pandas DataFrame of a CSV file; an empty field (a damaged or cut file) is an error.
+
+    A CSV has no checksum: a file cut at a line break, or inside the last number, still reads.
+    """
+    pd = pandas_for(dataset, "its CSV files")
+    with reading(dataset, path):
+        frame = pd.read_csv(path, index_col=False)
+        if frame.isna().to_numpy().any():
+            raise ValueError(f"{dataset}: {path} has empty fields (a damaged or truncated file?)")
+    return frame
+
+
+def read_gas_pickle(path: Path):
+    """The DataFrame in the GAS release pickle. Unpickling runs code the file names: trusted files only."""
+    pd = pandas_for("gas", "its DataFrame pickle")
+    try:
+        frame = pd.read_pickle(path)
+    except PermissionError:
+        raise
+    except Exception as err:
+        raise ValueError(
+            f"gas: could not unpickle {path} with pandas {pd.__version__} ({type(err).__name__}: {err}); "
+            "expected the ethylene_CO.pickle DataFrame of the MAF release"
+        ) from err
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"gas: expected {path} to hold a pandas DataFrame, got {type(frame).__name__}")
+    return frame
+
+
+def read_gas_npz(path: Path):
+    """The GAS table of the ``.npz`` that ``convert_gas_pickle`` writes (no unpickling)."""
+    pd = pandas_for("gas", "its table")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            columns, values = [str(c) for c in z["columns"]], np.asarray(z["values"], dtype=np.float64)
+    except PermissionError:
+        raise
+    except _DAMAGE as err:
+        raise ValueError(f"gas: cannot read {path} ({type(err).__name__}: {err}); expected the .npz that "
+                         "convert_gas_pickle writes (arrays 'columns' and 'values')") from err
+    if values.ndim != 2 or values.shape[1] != len(columns):
+        raise ValueError(f"gas: {path} holds values of shape {values.shape} for {len(columns)} columns")
+    return pd.DataFrame(values, columns=columns)
 
 
 def finish(name: str, arrays: tuple[np.ndarray, np.ndarray, np.ndarray], info: dict,

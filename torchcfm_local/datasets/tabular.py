@@ -29,7 +29,6 @@ splits whatever ``seed`` is.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,11 @@ from ._maf import (
     check_args,
     check_finite,
     finish,
-    pandas_for,
+    read_gas_npz,
+    read_csv_table,
+    read_gas_pickle,
+    read_npy,
+    reading,
     split_and_normalise,
 )
 
@@ -129,7 +132,8 @@ def load_power(*, root: str | os.PathLike | None = None, n_train: int | None = N
     """POWER (d = 6) from ``root/power/data.npy``; recipe in :func:`preprocess_power`."""
     n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
     (path,) = resolve_files("power", root, FILES["power"])
-    train, val, test, extra = preprocess_power(np.load(path))
+    with reading("power", path):
+        train, val, test, extra = preprocess_power(read_npy(path))
     info = {
         "source": f"{path} (MAF release; UCI household electric power consumption)",
         "preprocessing": [
@@ -205,21 +209,6 @@ GAS_SAFE_FILE = "gas/ethylene_CO.npz"
 """The GAS table in a format that holds only numbers and names (written by :func:`convert_gas_pickle`)."""
 
 
-def _read_gas_pickle(path: Path):
-    """The DataFrame in the release pickle. Unpickling runs code the file names: trusted files only."""
-    pd = pandas_for("gas", "its DataFrame pickle")
-    try:
-        frame = pd.read_pickle(path)
-    except Exception as err:
-        raise ValueError(
-            f"gas: could not unpickle {path} with pandas {pd.__version__} ({type(err).__name__}: {err}); "
-            "expected the ethylene_CO.pickle DataFrame of the MAF release"
-        ) from err
-    if not isinstance(frame, pd.DataFrame):
-        raise ValueError(f"gas: expected {path} to hold a pandas DataFrame, got {type(frame).__name__}")
-    return frame
-
-
 def convert_gas_pickle(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
     """Write the GAS pickle ``src`` as ``.npz`` (column names + float64 values), which
     :func:`load_gas` reads without unpickling; default ``dst``: ``ethylene_CO.npz`` beside ``src``.
@@ -228,23 +217,10 @@ def convert_gas_pickle(src: str | os.PathLike, dst: str | os.PathLike | None = N
     ``python -m torchcfm_local.datasets.convert_gas PATH``).
     """
     src = Path(src)
-    frame = _read_gas_pickle(src)
+    frame = read_gas_pickle(src)
     dst = src.with_name(Path(GAS_SAFE_FILE).name) if dst is None else Path(dst)
     np.savez(dst, columns=np.array([str(c) for c in frame.columns]), values=frame.to_numpy(dtype=np.float64))
     return dst
-
-
-def _read_gas_npz(path: Path):
-    pd = pandas_for("gas", "its table")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            columns, values = [str(c) for c in z["columns"]], np.asarray(z["values"], dtype=np.float64)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(f"gas: cannot read {path} ({type(err).__name__}: {err}); expected the .npz that "
-                         "convert_gas_pickle writes (arrays 'columns' and 'values')") from err
-    if values.ndim != 2 or values.shape[1] != len(columns):
-        raise ValueError(f"gas: {path} holds values of shape {values.shape} for {len(columns)} columns")
-    return pd.DataFrame(values, columns=columns)
 
 
 def load_gas(*, root: str | os.PathLike | None = None, n_train: int | None = None,
@@ -266,8 +242,8 @@ def load_gas(*, root: str | os.PathLike | None = None, n_train: int | None = Non
     """
     n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
     safe = None if root is None else Path(root).expanduser() / GAS_SAFE_FILE
-    if safe is not None and safe.is_file():
-        path, frame = safe, _read_gas_npz(safe)
+    if safe is not None and safe.exists():
+        path, frame = safe, read_gas_npz(safe)
     else:
         (path,) = resolve_files("gas", root, FILES["gas"])
         if not trust_pickle:
@@ -277,8 +253,9 @@ def load_gas(*, root: str | os.PathLike | None = None, n_train: int | None = Non
                 f"torchcfm_local.datasets.convert_gas {path}`, which writes {path.with_suffix('.npz')}; "
                 "that file is read without unpickling"
             )
-        frame = _read_gas_pickle(path)
-    train, val, test, extra = preprocess_gas(frame)
+        frame = read_gas_pickle(path)
+    with reading("gas", path):
+        train, val, test, extra = preprocess_gas(frame)
     info = {
         "source": f"{path} (MAF release; UCI gas sensor array under dynamic gas mixtures, ethylene + CO)",
         "preprocessing": [
@@ -340,7 +317,8 @@ def load_miniboone(*, root: str | os.PathLike | None = None, n_train: int | None
     """MINIBOONE (d = 43) from ``root/miniboone/data.npy``; recipe in :func:`preprocess_miniboone`."""
     n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
     (path,) = resolve_files("miniboone", root, FILES["miniboone"])
-    train, val, test, extra = preprocess_miniboone(np.load(path))
+    with reading("miniboone", path):
+        train, val, test, extra = preprocess_miniboone(read_npy(path))
     steps = ["test = last 10%, val = last 10% of the rest, train = remainder (file order)",
              "normalise by train+val mean and std (ddof=0)"]
     if extra["raw_cleaning"]:
@@ -377,17 +355,18 @@ def load_bsds300(*, root: str | os.PathLike | None = None, n_train: int | None =
             f"the bsds300 dataset reads {path} with h5py, which is not installed: pip install h5py"
         ) from err
     arrays = []
-    with h5py.File(path, "r") as f:
-        for key in ("train", "validation", "test"):
-            if key not in f:
-                raise ValueError(
-                    f"bsds300: expected datasets 'train', 'validation', 'test' in {path}, got {sorted(f.keys())}"
-                )
-            arrays.append(as_2d_float(f[key][:], "bsds300", f"{path}[{key!r}]"))
-    dims = {a.shape[1] for a in arrays}
-    if len(dims) != 1:
-        raise ValueError(f"bsds300: train / validation / test widths differ in {path}: {[a.shape for a in arrays]}")
-    check_finite("bsds300", dict(zip(("train", "val", "test"), arrays)))
+    with reading("bsds300", path):
+        with h5py.File(path, "r") as f:
+            for key in ("train", "validation", "test"):
+                if key not in f:
+                    raise ValueError(
+                        f"bsds300: expected datasets 'train', 'validation', 'test' in {path}, got {sorted(f.keys())}"
+                    )
+                arrays.append(as_2d_float(f[key][:], "bsds300", f"{path}[{key!r}]"))
+        dims = {a.shape[1] for a in arrays}
+        if len(dims) != 1:
+            raise ValueError(f"bsds300: train / validation / test widths differ in {path}: {[a.shape for a in arrays]}")
+        check_finite("bsds300", dict(zip(("train", "val", "test"), arrays)))
     info = {
         "source": f"{path} (MAF release; 8x8 patches of BSDS300 images)",
         "preprocessing": ["none: the release already holds dequantised, [0,1]-scaled, mean-subtracted "
@@ -474,10 +453,9 @@ def load_hepmass(*, root: str | os.PathLike | None = None, n_train: int | None =
     """
     n, seed, dtype = check_args(n_train, n_val, n_test, seed, dtype)
     path_tr, path_te = resolve_files("hepmass", root, FILES["hepmass"])
-    pd = pandas_for("hepmass", "its CSV files")
-    train_frame = pd.read_csv(path_tr, index_col=False)
-    test_frame = pd.read_csv(path_te, index_col=False)
-    train, val, test, extra = preprocess_hepmass(train_frame, test_frame)
+    train_frame, test_frame = read_csv_table("hepmass", path_tr), read_csv_table("hepmass", path_te)
+    with reading("hepmass", path_tr, path_te):
+        train, val, test, extra = preprocess_hepmass(train_frame, test_frame)
     info = {
         "source": f"{path_tr}, {path_te} (MAF release; UCI HEPMASS, mass-1000 files, signal only)",
         "preprocessing": [

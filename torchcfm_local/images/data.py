@@ -130,7 +130,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     data, labels = _get(obj, "data"), _get(obj, "labels")
     if data is None or labels is None:
-        keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in obj)
+        keys = sorted(k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in obj)
         raise ValueError(f"{path}: expected keys b'data' and b'labels', found {keys}")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         desc = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
@@ -351,7 +351,7 @@ def load_image_folder(
                 if s != size:
                     im = im.resize((size, size), resample=filters[resample])
                 out[i] = np.asarray(im, dtype=np.uint8)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SyntaxError) as e:  # Pillow raises SyntaxError for broken PNG chunks
             raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 

