@@ -8,7 +8,7 @@ to the data side (t = 1) in every block (torchcfm's convention, see :mod:`.match
 * ``encode(x)``: blocks 1, ..., N, each from t = 1 to t = 0 (data -> noise);
 * ``fit(x)``: Algorithm 1 of the paper (:mod:`torchcfm_local.training`): train block n on pairs
   (pool sample, its OU partner), then push the whole pool through block n (an encode step) to
-  get block n+1's pool.
+  get block n+1's pool. An optional affine map (:mod:`.standardize`) sits in front of block 1.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from .networks import MLP
 from .reports import FitReport, IntegrationStats, LogProbTerms
 from .schedule import OUSchedule
 from .solvers import ODEOptions, VelocityField, integrate
+from .standardize import Standardizer
 from .training.loop import progress_bar
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class LocalFlowMatching(nn.Module):
         self.nets = nn.ModuleList([self._build_net(n) for n in range(1, schedule.n_blocks + 1)])
         self._fields = [VelocityField(net) for net in self.nets]
         self.n_trained = 0
+        self.standardizer = Standardizer()  # data -> the blocks' space; fitted by fit(standardize=...)
         self.last_stats: Optional[IntegrationStats] = None
         self.fit_state: Optional[dict] = None  # the run state of a model read from a fit checkpoint
 
@@ -209,6 +211,7 @@ class LocalFlowMatching(nn.Module):
         nonfinite_error: Optional[str] = None,
         cond: Optional[torch.Tensor] = None,
         guidance: Optional[float] = None,
+        standardize: bool = False,
     ) -> tuple[torch.Tensor, list[float]]:
         """Carry ``x`` through ``blocks`` in order, chunk by chunk; returns (result, NFE per block).
 
@@ -219,6 +222,7 @@ class LocalFlowMatching(nn.Module):
         :meth:`MemmapPool.target`. Only ``rows = (start, stop)`` are carried when given (a rank's
         shard). ``nonfinite_error``: raise ``FloatingPointError(nonfinite_error)`` on a NaN/Inf result.
         ``cond``: ``(len(x), cond_dim)`` conditions of the rows; ``guidance``: CFG scale.
+        ``standardize``: ``x`` (encode) or the result (decode) is in data units (:attr:`standardizer`).
         """
         positive_int(chunk_size, "chunk_size")
         if out is None:
@@ -233,12 +237,14 @@ class LocalFlowMatching(nn.Module):
             with progress_bar(n_chunks, progress or "", progress is not None) as bar:
                 for i in range(start, stop, chunk_size):
                     j = min(i + chunk_size, stop)
-                    y = x[i:j].to(device, dtype)
+                    y = x[i:j].to(device)
+                    y = (self.standardizer.apply(y) if standardize and not to_data else y).to(dtype)
                     c = None if cond is None else inputs.cond_input(cond[i:j].to(device, dtype))
                     for k, n in enumerate(blocks):
                         field = self._fields[n - 1].bind(c, guidance)  # this solve's own condition and NFE count
                         y = integrate(field, y, *((0.0, 1.0) if to_data else (1.0, 0.0)), ode)
                         nfe[k] += field.nfe / n_chunks
+                    y = self.standardizer.invert(y) if standardize and to_data else y
                     if nonfinite_error is not None and not torch.isfinite(y).all():
                         raise FloatingPointError(nonfinite_error)
                     out[i:j] = y.to(out.device, out.dtype)
@@ -265,7 +271,8 @@ class LocalFlowMatching(nn.Module):
             ode: :class:`ODEOptions`, solver name or dict overriding the model's default.
             chunk_size: samples integrated at once (bounds memory).
             blocks: run only these blocks (still from the highest to the lowest), e.g. ``[4, 3]``
-                maps block 4's noise side to block 3's data side.
+                maps block 4's noise side to block 3's data side. With a fitted :attr:`standardizer`,
+                block 1's data side is in data units, every other side in the standardized space.
 
         Returns:
             ``(B, *shape)`` data-side samples, dtype and device of ``z``. NFE in :attr:`last_stats`.
@@ -312,7 +319,8 @@ class LocalFlowMatching(nn.Module):
         chunk_size = self.default_chunk() if chunk_size is None else chunk_size
         start = time.perf_counter()
         order = blocks[::-1] if to_data else blocks
-        out, nfe = self.transport(x, order, to_data, ode, chunk_size, cond=cond, guidance=guidance)
+        in_data = blocks[0] == 1  # block 1's data side is in data units
+        out, nfe = self.transport(x, order, to_data, ode, chunk_size, cond=cond, guidance=guidance, standardize=in_data)
         if to_data:  # report in ascending block order
             nfe = nfe[::-1]
         self.last_stats = IntegrationStats(tuple(blocks), tuple(nfe), time.perf_counter() - start)
@@ -335,7 +343,8 @@ class LocalFlowMatching(nn.Module):
             \log p(x) = \log N(x_N; 0, I) + \sum_{n=1}^N \int_1^0 \nabla\cdot v_n(x_n(t), t)\, dt,
 
         where block n carries ``x_{n-1}`` (its data side, t = 1) to ``x_n`` (t = 0) and
-        ``x_0 = x``. Each block is integrated once per sample: the cost is linear in N.
+        ``x_0 = x``, or ``x_0 = A(x)`` with a fitted :attr:`standardizer` ``A``, whose constant
+        ``log|det dA/dx|`` is added. Each block is integrated once per sample: the cost is linear in N.
 
         Args:
             x: ``(B, *shape)`` data-side samples (floating, finite).
@@ -348,7 +357,7 @@ class LocalFlowMatching(nn.Module):
 
         Returns:
             :class:`LogProbTerms` (``log_prob`` ``(B,)`` in nats, ``prior`` ``(B,)``, ``divergence``
-            ``(N, B)``, ``nfe_per_block``).
+            ``(N, B)``, ``nfe_per_block``, ``standardize_log_det``).
         """
         from .likelihood import chain_log_prob_terms
 
@@ -362,7 +371,7 @@ class LocalFlowMatching(nn.Module):
         try:
             return chain_log_prob_terms(self._fields, x, ODEOptions.coerce(ode, self.ode), estimator=estimator,
                                         chunk_size=chunk_size, generator=generator, cond=c,
-                                        device=self.device, dtype=self.dtype)
+                                        device=self.device, dtype=self.dtype, data_map=self.standardizer)
         finally:
             self.train(was_training)
 
@@ -412,14 +421,9 @@ class LocalFlowMatching(nn.Module):
 
     def check_warm_start(self):
         """Raise unless every block has the architecture of the previous one (needed by ``warm_start``)."""
-        for n in range(2, self.n_blocks + 1):
-            prev = {k: v.shape for k, v in self.nets[n - 2].state_dict().items()}
-            cur = {k: v.shape for k, v in self.nets[n - 1].state_dict().items()}
-            if prev != cur:
-                raise ValueError(
-                    f"warm_start=True needs blocks with identical architectures, but blocks {n - 1} and {n} differ; "
-                    "pass warm_start=False"
-                )
+        from .training.blocks import check_warm_start
+
+        check_warm_start(self.nets)
 
     def fit(self, x, *, cond=None, **options) -> FitReport:
         """Train all blocks in order (Algorithm 1 of the paper); resumable and data-parallel.
@@ -427,6 +431,11 @@ class LocalFlowMatching(nn.Module):
         For block n: a fresh Adam optimizer; ``batches_per_block`` steps on batches drawn uniformly
         (with replacement) from the current pool, each paired with its OU partner by the block's
         matcher; then the whole pool is pushed through block n in chunks of ``chunk_size``, in place.
+        That pool (``pool="pushforward"``, the paper's) makes block n learn what blocks 1..n-1 produce:
+        only the free block's error reaches the samples. ``pool="ou"`` draws block n's data side from
+        the exact OU marginal of the data at ``h_1 + ... + h_{n-1}`` instead: no pushforward, blocks
+        independent (parallelizable), but every block's error compounds at sampling (see FitConfig).
+        ``standardize="diagonal"`` / ``"full"`` first fits an affine map of the data (:attr:`standardizer`).
 
         Data-parallel when launched with ``torchrun --nproc_per_node=K`` (or inside an initialized
         ``torch.distributed`` process group): every rank calls ``fit`` with the same ``x`` and
@@ -441,7 +450,7 @@ class LocalFlowMatching(nn.Module):
                 they stay attached to their rows through every block.
             **options: the settings of :class:`~torchcfm_local.training.FitConfig`, e.g.
                 ``batches_per_block``, ``batch_size``, ``lr``, ``seed``, ``checkpoint_dir``,
-                ``resume``, ``pool_dir``, ``ema_decay`` (each documented there, with its default).
+                ``resume``, ``pool``, ``standardize`` (each documented there, with its default).
 
         Returns:
             :class:`FitReport` with one :class:`BlockReport` per block trained by this call.
@@ -463,14 +472,8 @@ class LocalFlowMatching(nn.Module):
         atomic_save(self.to_state(), path)
 
     @classmethod
-    def load(
-        cls,
-        path: Union[str, Path],
-        *,
-        velocity_factory: Optional[Callable[[int], nn.Module]] = None,
-        matcher=None,
-        map_location="cpu",
-    ) -> "LocalFlowMatching":
+    def load(cls, path: Union[str, Path], *, velocity_factory: Optional[Callable[[int], nn.Module]] = None,
+             matcher=None, map_location="cpu") -> "LocalFlowMatching":
         """Read a model written by :meth:`save` (or a ``fit`` checkpoint's ``model.pt``).
 
         Built-in networks (:data:`torchcfm_local.networks.NETWORKS`) and torchcfm matchers are

@@ -223,14 +223,15 @@ def log_prob(
 
 def chain_log_prob_terms(fields, x: Tensor, options: ODEOptions, *, estimator: str = "exact", chunk_size: int,
                          generator: Optional[torch.Generator] = None, cond: Optional[Tensor] = None,
-                         device=None, dtype=None):
+                         device=None, dtype=None, data_map=None):
     r"""Per-block log-density terms of a chain of flows (paper eq. 26), each block integrated once.
 
     Block ``n`` (``fields[n-1]``) carries ``x_{n-1}`` from t = 1 to ``x_n`` at t = 0, with
-    ``x_0 = x``; then
+    ``x_0 = A(x)`` (``A = data_map``, the identity when ``None``); then
 
     .. math::
-        \log p(x) = \log N(x_N; 0, I) + \sum_{n=1}^N \int_1^0 \nabla\cdot v_n(x_n(t), t)\, dt.
+        \log p(x) = \log N(x_N; 0, I) + \sum_{n=1}^N \int_1^0 \nabla\cdot v_n(x_n(t), t)\, dt
+            + \log|\det \partial A / \partial x|.
 
     Args:
         fields: the blocks' :class:`~torchcfm_local.solvers.VelocityField` s, block 1 first.
@@ -239,6 +240,8 @@ def chain_log_prob_terms(fields, x: Tensor, options: ODEOptions, *, estimator: s
         estimator, generator: as in :func:`flow_divergence`.
         chunk_size: samples integrated at once.
         cond: ``(B, c)`` conditioning input of the networks (each chunk binds its rows), or ``None``.
+        data_map: an affine map of the data in front of block 1 with ``apply(x)`` and a constant
+            ``log_det()`` (a :class:`~torchcfm_local.standardize.Standardizer`), or ``None``.
 
     Returns:
         :class:`~torchcfm_local.reports.LogProbTerms` (float64, on the CPU).
@@ -250,7 +253,8 @@ def chain_log_prob_terms(fields, x: Tensor, options: ODEOptions, *, estimator: s
     nfe = [0.0] * len(fields)
     n_chunks = math.ceil(x.shape[0] / chunk_size)
     for i in range(0, x.shape[0], chunk_size):
-        y = x[i : i + chunk_size].to(device, dtype)
+        y = x[i : i + chunk_size].to(device)
+        y = (y if data_map is None else data_map.apply(y)).to(dtype)
         c = None if cond is None else cond[i : i + chunk_size].to(device, dtype)
         for n, field in enumerate(fields):
             res = flow_divergence(field.bind(c), y, t0=1.0, t1=0.0, options=options, estimator=estimator,
@@ -259,7 +263,8 @@ def chain_log_prob_terms(fields, x: Tensor, options: ODEOptions, *, estimator: s
             div[n, i : i + chunk_size] = res.div_integral.double().cpu()
             nfe[n] += res.nfe / n_chunks
         prior[i : i + chunk_size] = standard_normal_log_prob(y.double()).cpu()
-    return LogProbTerms(prior + div.sum(0), prior, div, tuple(nfe))
+    log_det = 0.0 if data_map is None else float(data_map.log_det())
+    return LogProbTerms(prior + div.sum(0) + log_det, prior, div, tuple(nfe), log_det)
 
 
 def bits_per_dim(log_prob_nats: Tensor, dim: int, *, n_bins: int = 256, scale: float = 1.0) -> Tensor:

@@ -150,13 +150,16 @@ class LogProbTerms:
     """Log-density of a batch split into its terms (paper eq. 26), all in nats, float64.
 
     Attributes:
-        log_prob: ``(B,)`` total, ``prior + divergence.sum(0)``.
+        log_prob: ``(B,)`` total, ``prior + divergence.sum(0) + standardize_log_det``.
         prior: ``(B,)`` ``log N(x_N; 0, I)`` of the fully encoded samples.
         divergence: ``(N, B)``; row ``n-1`` is block n's ``int_1^0 div v_n dt``.
         nfe_per_block: network evaluations per sample path in each block.
+        standardize_log_det: ``log|det dA/dx|`` of the model's data standardization ``A`` (the
+            same for every sample; 0 without one).
     """
 
     log_prob: torch.Tensor
     prior: torch.Tensor
     divergence: torch.Tensor
     nfe_per_block: tuple[float, ...]
+    standardize_log_det: float = 0.0

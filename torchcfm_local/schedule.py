@@ -119,6 +119,16 @@ class OUSchedule:
             raise IndexError(f"block {n} is outside 1..{self.n_blocks}")
         return self.step_sizes[n - 1]
 
+    def time_before(self, n: int) -> float:
+        """OU time from the data to block ``n``'s data side: ``T_{n-1} = h_1 + ... + h_{n-1}`` (0 for block 1).
+
+        In the OU chain that defines the blocks, block n's data side is the data carried by the OU
+        process for this time: ``ou_step(x, T_{n-1})`` in law. Finite for every block, the free one included.
+        """
+        if not 1 <= n <= self.n_blocks:
+            raise IndexError(f"block {n} is outside 1..{self.n_blocks}")
+        return math.fsum(self._steps[: n - 1])
+
     def is_free(self, n: int) -> bool:
         return math.isinf(self.step(n))
 

@@ -3,7 +3,8 @@
 The dict is what ``save`` writes with ``torch.save`` and ``load`` reads with
 ``weights_only=True``: no pickled code, so a model file cannot run anything when it is read.
 Built-in networks (:data:`torchcfm_local.networks.NETWORKS`) and torchcfm matchers are stored
-as specs and rebuilt; custom ones must be passed again when loading.
+as specs and rebuilt; custom ones must be passed again when loading. The data standardization is
+stored as its tensors (``None``, the identity, in files written before it existed).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .checkpoint import CheckpointError, header
 from .networks import NETWORKS, network_spec
 from .schedule import OUSchedule
 from .solvers import ODEOptions
+from .standardize import Standardizer
 
 __all__ = ["model_state", "model_from_state"]
 
@@ -41,6 +43,7 @@ def model_state(model, fit_state: Optional[dict] = None) -> dict:
         "nets": [network_spec(net) for net in model.nets],
         "weights": [net.state_dict() for net in model.nets],
         "n_trained": model.n_trained,
+        "standardize": model.standardizer.to_state(),
         "fit_state": fit_state,
     }
 
@@ -90,5 +93,6 @@ def model_from_state(cls, state: dict, *, velocity_factory=None, matcher=None, s
         except RuntimeError as err:
             raise CheckpointError(f"{source}: block {n}'s weights do not fit its network: {err}") from err
     model.n_trained = n_trained
+    model.standardizer = Standardizer.from_state(state.get("standardize"), model.dim, source)
     model.fit_state = state.get("fit_state")
     return model

@@ -15,7 +15,19 @@ from ..solvers import ODEOptions, VelocityField
 from .config import PUSHFORWARD_ODE
 from .pool import TrainingPool
 
-__all__ = ["BlockTrainer", "train_blocks"]
+__all__ = ["BlockTrainer", "train_blocks", "check_warm_start"]
+
+
+def check_warm_start(nets) -> None:
+    """Raise unless every block network has the architecture of the previous one (``warm_start`` copies weights)."""
+    for n in range(2, len(nets) + 1):
+        prev = {k: v.shape for k, v in nets[n - 2].state_dict().items()}
+        cur = {k: v.shape for k, v in nets[n - 1].state_dict().items()}
+        if prev != cur:
+            raise ValueError(
+                f"warm_start=True needs blocks with identical architectures, but blocks {n - 1} and {n} differ; "
+                "pass warm_start=False"
+            )
 
 
 @dataclass

@@ -15,7 +15,10 @@ from .._checks import per_item_ints, positive_int
 from ..solvers import ODEOptions
 from .loop import OptimConfig
 
-__all__ = ["FitConfig", "PUSHFORWARD_ODE"]
+__all__ = ["FitConfig", "PUSHFORWARD_ODE", "POOL_MODES"]
+
+#: Where block n's data-side training samples come from (``FitConfig.pool``).
+POOL_MODES = ("pushforward", "ou")
 
 #: Default solver of the training pushforward: 8 RK4 steps (32 evaluations per block). The pool
 #: only has to be accurate relative to the noise each OU step adds, which is much larger than
@@ -56,7 +59,9 @@ class FitConfig:
         pushforward_ode: ODE options of the pool pushforward (default :data:`PUSHFORWARD_ODE`).
         chunk_size: samples per pushforward chunk (bounds memory); default: the model's.
         encode_final_pool: also push the pool through the last block to report how close the
-            encoded training data is to N(0, I).
+            encoded training data is to N(0, I). Default (``None``): with ``pool="pushforward"``
+            only; ``pool="ou"`` refuses ``True`` (it pushes nothing: use ``lfm.encode(x)`` and
+            :func:`torchcfm_local.reports.pool_stats` for that report).
         progress: show progress bars.
         callback: ``callback(block, batches_done, loss)`` after every optimizer step (``loss``
             is the mean over ranks).
@@ -69,6 +74,25 @@ class FitConfig:
         ema_decay: keep an exponential moving average of each block's weights (e.g. 0.9999)
             and make it the block's final weights, used for the pushforward and sampling.
         amp: bfloat16 autocast of the forward pass (CUDA models only).
+        pool: where block n's data-side samples ``x_{n-1}`` come from; each is paired with its OU
+            partner by the block's matcher either way.
+
+            * ``"pushforward"`` (default; the paper's Algorithm 1): the training data pushed
+              through the trained blocks 1..n-1. Block n trains on what blocks 1..n-1 actually
+              produce, so decoding stays consistent with encoding and only the free block's error
+              reaches the samples; costs one pushforward of the whole pool per block.
+            * ``"ou"``: fresh draws from the exact OU marginal of the data at time
+              ``T = h_1 + ... + h_{n-1}`` (:meth:`OUSchedule.time_before`):
+              ``e^{-T} x + sqrt(1 - e^{-2T}) eps`` with new ``eps`` in every batch. No pushforward
+              (``pushforward_seconds`` is 0, no ``pool.pt``) and the blocks do not depend on each
+              other (they could train in parallel), but at sampling every block's error compounds:
+              block n never sees what blocks n+1..N produce.
+        standardize: an affine map fitted on the training data (float64 statistics) in front of
+            block 1 (:mod:`torchcfm_local.standardize`): ``None`` / ``"none"`` (the identity),
+            ``"diagonal"`` (per-feature mean and std) or ``"full"`` (mean and whitening by the
+            inverse Cholesky factor of the covariance; at most 4096 features). Stored in the model;
+            ``encode`` / ``decode`` / ``sample`` / ``log_prob`` stay in data units. Fitted when
+            no block is trained yet; a resumed run keeps the map it started with.
 
     Raises:
         ValueError: a value out of range (the message names the option and what it expects).
@@ -87,7 +111,7 @@ class FitConfig:
     resume: bool = False
     pushforward_ode: Union[ODEOptions, str, dict, None] = _option(None, run=True)
     chunk_size: Optional[int] = _option(None, run=True)
-    encode_final_pool: bool = True
+    encode_final_pool: Optional[bool] = None
     progress: bool = True
     callback: Optional[Callable[[int, int, float], None]] = None
     pool_dir: Union[str, Path, None] = None
@@ -95,6 +119,8 @@ class FitConfig:
     warmup: int = _option(0, run=True, legacy=0)
     ema_decay: Optional[float] = _option(None, run=True, legacy=None)
     amp: bool = _option(False, run=True, legacy=False)
+    pool: str = _option("pushforward", run=True, legacy="pushforward")
+    standardize: Optional[str] = _option(None, run=True, legacy=None)
 
     def __post_init__(self):
         budget = self.batches_per_block
@@ -105,6 +131,16 @@ class FitConfig:
         positive_int(self.seed, "seed", minimum=0, allow_none=True)
         if not (isinstance(self.cond_dropout, (int, float)) and 0 <= self.cond_dropout < 1):
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
+        if self.pool not in POOL_MODES:
+            raise ValueError(f"pool must be one of {POOL_MODES}, got {self.pool!r}")
+        if self.standardize not in (None, "none", "diagonal", "full"):
+            raise ValueError(f"standardize must be None, 'none', 'diagonal' or 'full', got {self.standardize!r}")
+        self.standardize = None if self.standardize == "none" else self.standardize
+        if self.encode_final_pool and self.pool == "ou":
+            raise ValueError("encode_final_pool=True needs pool='pushforward': pool='ou' pushes nothing through "
+                             "the blocks; encode the data yourself (lfm.encode(x)) for that report")
+        if self.encode_final_pool is None:
+            self.encode_final_pool = self.pool == "pushforward"
         self.optim  # validates the optimizer settings
         self.pushforward_ode = ODEOptions.coerce(self.pushforward_ode, PUSHFORWARD_ODE)
 

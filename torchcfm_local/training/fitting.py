@@ -5,6 +5,11 @@
 3. for every block not trained yet: train it with the step loop (:class:`StepLoop`) on batches
    from the pool, each row paired with its OU partner by the block's matcher; then push the
    pool through it (:class:`TrainingPool`) and save the finished block.
+
+With ``pool="ou"`` the pool stays the (standardized) data: each batch is carried to block n's
+data side by the exact OU marginal (:func:`~torchcfm_local.training.pool.ou_marginal`) and
+nothing is pushed. With ``standardize``, the data's affine map is fitted in step 2, before the
+pool is filled, and saved with the run from its first checkpoint on.
 """
 from __future__ import annotations
 
@@ -19,10 +24,11 @@ from ..inputs import cond_input
 from ..pool import MemmapPool
 from ..reports import BlockReport, FitReport
 from ..solvers import VelocityField
+from ..standardize import FULL_MAX_DIM, Standardizer
 from .blocks import BlockTrainer
 from .config import FitConfig
 from .loop import StepLoop
-from .pool import TrainingPool, fingerprint
+from .pool import TrainingPool, fingerprint, ou_marginal
 from .run import RunCheckpoint
 
 __all__ = ["fit"]
@@ -55,7 +61,21 @@ def _check_inputs(lfm, x, cond, config: FitConfig):
         raise ValueError(f"amp=True needs a model on a CUDA device; this one is on {lfm.device}")
     if config.warm_start:
         lfm.check_warm_start()
+    if config.standardize == "full" and lfm.dim > FULL_MAX_DIM:
+        raise ValueError(f"standardize='full' takes at most {FULL_MAX_DIM} features, this model has {lfm.dim}; "
+                         "use standardize='diagonal'")
     return x, cond
+
+
+def _standardizer(lfm, x: torch.Tensor, config: FitConfig) -> Standardizer:
+    """The data map of this run: fitted on ``x`` while no block is trained, else the model's own
+    (its blocks were trained behind it), which must be of the requested kind."""
+    if lfm.n_trained == 0:
+        return Standardizer.fit(x, config.standardize, lfm.shape)
+    if lfm.standardizer.mode != config.standardize:
+        raise ValueError(f"this model's {lfm.n_trained} trained block(s) sit behind standardize="
+                         f"{lfm.standardizer.mode!r}; continue with the same standardize, not {config.standardize!r}")
+    return lfm.standardizer
 
 
 @dataclass
@@ -74,6 +94,11 @@ class _FitRun:
     gen_idx: torch.Generator
     gen_noise: torch.Generator
     progress: Optional[dict] = None  # the saved state of the block a resumed run continues
+
+    @property
+    def pushes(self) -> bool:
+        """Whether the pool is pushed through every trained block (``pool="pushforward"``)."""
+        return self.config.pool == "pushforward"
 
     @classmethod
     def start(cls, lfm, x: torch.Tensor, cond, config: FitConfig) -> "_FitRun":
@@ -100,14 +125,17 @@ class _FitRun:
             seed, run_id = state["seed"], state.get("run_id")
             gen_idx.set_state(state["gen_idx"])
             gen_noise.set_state(state["gen_noise"])
-            rows = None if config.pool_dir is not None else ckpt.load_pool(lfm, x.shape[0])
+            rows = None if config.pool_dir is not None or config.pool == "ou" else ckpt.load_pool(lfm, x.shape[0])
             # read once, here: while blocks train, rank 0 rewrites and removes this file
             progress = ckpt.load_progress(lfm.n_trained + 1)
         elif lfm.n_trained and not config.resume:
             raise RuntimeError(f"{lfm.n_trained} block(s) are already trained; call fit(..., resume=True) to train the rest")
+        else:
+            lfm.standardizer = _standardizer(lfm, x, config)
         if rows is None:
             pool = TrainingPool.initial(lfm, x, cond, dist, chunk, config.pushforward_ode, pool_dir=config.pool_dir,
-                                        data_id=data_id, run_id=run_id)
+                                        data_id=data_id + lfm.standardizer.fingerprint(), run_id=run_id,
+                                        push=config.pool == "pushforward")
         else:
             pool = TrainingPool(rows, cond, dist, chunk)
         run = cls(lfm, config, dist, ckpt, pool, settings, data_id, seed, run_id, gen_idx, gen_noise, progress)
@@ -139,10 +167,10 @@ class _FitRun:
         lfm.n_trained = n
         report = BlockReport(n, lfm.schedule.step(n), loop.step, loop.losses, loop.seconds,
                              resumed_from=loop.resumed_from)
-        if n < lfm.n_blocks or config.encode_final_pool:
+        if self.pushes and (n < lfm.n_blocks or config.encode_final_pool):
             report.pushforward_seconds, report.pushforward_nfe, report.pool = self.pool.push(
                 lfm, n, config.pushforward_ode, config.progress)
-        if n < lfm.n_blocks and self.pool.in_memory:
+        if self.pushes and n < lfm.n_blocks and self.pool.in_memory:
             self.ckpt.save_pool(self.pool.rows, n, self.data_id)
         self.save_model()
         self.ckpt.clear_progress()
@@ -154,6 +182,7 @@ class _FitRun:
         lo, hi = shard(batch_size, self.dist.rank, self.dist.world)
         device = trainer.device
         field = trainer.field
+        t_ou = 0.0 if self.pushes else self.lfm.schedule.time_before(trainer.block)  # OU time to block n's data side
         if self.dist.active:  # gradients averaged over ranks
             from torch.nn.parallel import DistributedDataParallel
 
@@ -163,6 +192,7 @@ class _FitRun:
         def loss_fn(step: int) -> torch.Tensor:
             idx = torch.randint(0, self.pool.shape[0], (batch_size,), generator=self.gen_idx)
             x1 = self.pool.rows[idx[lo:hi]].to(device)
+            x1 = ou_marginal(x1, t_ou, self.gen_noise, batch_size, (lo, hi))  # the pool row itself when t_ou = 0
             z, t = trainer.draw(batch_size, x1, self.gen_noise)
             c = None
             if cond is not None:

@@ -2,9 +2,11 @@
 
 Three files, each written atomically by rank 0 and read by every rank:
 
-* ``model.pt``: the model with its finished blocks, plus the run's *fit state* (seed, run
-  settings, data fingerprint, run id, generator states after the last finished block);
-* ``pool.pt``: the in-memory pool after the last finished block (a ``pool_dir`` holds it instead);
+* ``model.pt``: the model with its finished blocks and its data standardization (written when the
+  run starts, so a resume restores the same map), plus the run's *fit state* (seed, run settings,
+  data fingerprint, run id, generator states after the last finished block);
+* ``pool.pt``: the in-memory pool after the last finished block (a ``pool_dir`` holds it instead;
+  none with ``pool="ou"``, whose pool is the data itself);
 * ``progress.pt``: the block in training (weights, optimizer, step, losses, EMA, generators),
   every ``checkpoint_every`` batches and after its last batch.
 
@@ -63,7 +65,7 @@ class RunCheckpoint:
 
     # ------------------------------------------------------------------ reads (every rank)
     def restore(self, model, settings: dict, data_id: list) -> dict:
-        """Load the finished blocks into ``model``; return the run's fit state.
+        """Load the finished blocks and the data standardization into ``model``; return the run's fit state.
 
         Raises:
             ValueError: the run has another shape/schedule, other data or other settings.
@@ -90,6 +92,7 @@ class RunCheckpoint:
             raise ValueError(f"resume must use the run's settings; changed: {diffs}{hint}")
         model.load_state_dict(saved.state_dict())
         model.n_trained = saved.n_trained
+        model.standardizer = saved.standardizer
         return state
 
     def load_pool(self, model, n_rows: int) -> Optional[torch.Tensor]:
