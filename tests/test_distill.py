@@ -317,3 +317,33 @@ def test_distill_example_runs_small():
     noise = rows["N(0, I) noise"]["energy_distance"]
     for name in ("teacher (quality)", "distilled k=1", "distilled k=2"):
         assert rows[name]["energy_distance"] < 0.5 * noise, (name, rows[name], noise)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_standardized_teacher_distills_in_data_units(tmp_path, splits):
+    """Students work in the blocks' space; the sampler maps its last stage back to data units,
+    whether block 1 is one segment or cut into pieces."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 2, generator=g) * torch.tensor([3.0, 0.5]) + torch.tensor([10.0, -4.0])
+    torch.manual_seed(0)
+    teacher = tl.LocalFlowMatching(2, tl.OUSchedule(0.3, 1.0, 2), velocity_factory=small_mlp)
+    teacher.fit(x, batches_per_block=60, batch_size=256, seed=0, progress=False, standardize="diagonal")
+    z = held_out_z(500)
+    plan = distill_plan(teacher.n_blocks, k=1, splits=splits)
+    states, _ = teacher_pairs(teacher, plan, z)
+    ode = teacher.ode
+    assert torch.allclose(teacher.standardizer.invert(states[-1]), teacher.decode(z, ode=ode), atol=1e-4)
+    assert states[-1].std(0).sub(1).abs().max() < 0.5  # the teacher's states stay standardized
+
+    sampler = distill(teacher, k=1, splits=splits, batches=100, **FAST_DISTILL)
+    raw = z
+    for student in sampler.students:
+        raw = student(raw)
+    out = sampler.decode(z)
+    assert torch.allclose(out, teacher.standardizer.invert(raw), atol=1e-5)
+    assert torch.allclose(sampler(z), out, atol=1e-5)
+    assert (out.mean(0) - torch.tensor([10.0, -4.0])).abs().max() < 1.0  # data units, not standardized ones
+    assert torch.equal(sampler.decode(z, stages=[1]), sampler.students[0](z))  # not the last stage: no map
+    sampler.save(tmp_path / "s.pt")
+    loaded = DistilledSampler.load(tmp_path / "s.pt")
+    assert loaded.standardizer == teacher.standardizer and torch.equal(loaded.decode(z), out)

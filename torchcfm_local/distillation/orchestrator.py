@@ -247,7 +247,7 @@ def distill(
         student, report = _distill_stage(teacher, s, chain, pairs, cfg, len(plan), gen)
         students.append(student)
         reports.append(report)
-    sampler = DistilledSampler(teacher.shape, students, plan, teacher.n_blocks)
+    sampler = DistilledSampler(teacher.shape, students, plan, teacher.n_blocks, teacher.standardizer)
     end_mse = _mse(_viewed(students), pairs.val[0], pairs.val[-1], teacher.device, teacher.dtype)
     sampler.report = DistillReport(reports, rec_k, rec_splits, cfg.seed, pairs.seconds,
                                    time.perf_counter() - start_time, end_mse)

@@ -29,16 +29,13 @@ def segment_options(ode: ODEOptions, seg: Segment) -> ODEOptions:
 def run_segment(teacher, x: torch.Tensor, seg: Segment, ode: ODEOptions) -> tuple[torch.Tensor, int]:
     """The teacher's ODE of ``seg`` applied to ``x`` ``(B, *shape)`` (on the teacher's device and dtype).
 
-    A whole block runs through ``teacher.decode``; a partial block integrates a fresh
-    ``teacher.field(block).bind()`` view over ``[t_start, t_end]``, so the count of evaluations
-    belongs to this call alone.
+    Every segment integrates a fresh ``teacher.field(block).bind()`` view over ``[t_start, t_end]``
+    (so the count of evaluations belongs to this call alone) in the blocks' space: a teacher's data
+    standardization is not undone here but by the sampler after its last stage.
 
     Returns:
         ``(y, nfe)``: ``y`` of shape ``(B, *shape)`` and the network evaluations per sample.
     """
-    if seg.t_start == 0.0 and seg.t_end == 1.0:
-        y = teacher.decode(x, blocks=[seg.block], ode=ode, chunk_size=x.shape[0])
-        return y, int(round(teacher.last_stats.nfe))
     field = teacher.field(seg.block).bind()
     y = integrate(field, x, seg.t_start, seg.t_end, segment_options(ode, seg))
     return y, field.nfe

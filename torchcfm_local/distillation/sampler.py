@@ -15,6 +15,7 @@ from .._checks import positive_int
 from ..checkpoint import CheckpointError, atomic_save, header, safe_load
 from ..networks import NETWORKS, network_spec
 from ..reports import IntegrationStats, tail_mean
+from ..standardize import Standardizer
 from .plan import Segment
 from .students import OneStepMap
 
@@ -112,6 +113,9 @@ class DistilledSampler(nn.Module):
         students: ``S`` :class:`OneStepMap`, in sampling order.
         stages: the teacher segments each student replaces (same order), for the record.
         teacher_blocks: the teacher's number of blocks N.
+        standardizer: the teacher's data map (:attr:`LocalFlowMatching.standardizer
+            <torchcfm_local.LocalFlowMatching.standardizer>`): the students work in the blocks'
+            space and the last stage's output is mapped back to data units. Default: identity.
 
     Attributes:
         report: the :class:`DistillReport` of the call that made it (``None`` after :meth:`load`).
@@ -120,7 +124,7 @@ class DistilledSampler(nn.Module):
     """
 
     def __init__(self, shape: Sequence[int], students: Sequence[OneStepMap], stages: Sequence[Sequence[Segment]],
-                 teacher_blocks: int):
+                 teacher_blocks: int, standardizer: Optional[Standardizer] = None):
         super().__init__()
         if len(students) != len(stages) or not students:
             raise ValueError(f"need one student per stage, got {len(students)} students for {len(stages)} stages")
@@ -128,6 +132,7 @@ class DistilledSampler(nn.Module):
         self.students = nn.ModuleList(students)
         self.stages = [tuple(Segment(*seg) for seg in chain) for chain in stages]
         self.teacher_blocks = int(teacher_blocks)
+        self.standardizer = Standardizer() if standardizer is None else standardizer
         self.report: Optional[DistillReport] = None
         self.last_stats: Optional[IntegrationStats] = None
 
@@ -186,6 +191,8 @@ class DistilledSampler(nn.Module):
                 y = z[i : i + chunk_size].to(self.device, self.dtype)
                 for s in run:
                     y = self.students[s - 1](y)
+                if run[-1] == self.nfe:  # the last stage ends in data units
+                    y = self.standardizer.invert(y)
                 out[i : i + chunk_size] = y.to(out.device, out.dtype)
         finally:
             self.train(was_training)
@@ -213,7 +220,7 @@ class DistilledSampler(nn.Module):
         """Differentiable pass through all students (no chunking, no checks); ``(B, *shape)``."""
         for student in self.students:
             z = student(z)
-        return z
+        return self.standardizer.invert(z)
 
     # -------------------------------------------------------------- checkpoints
     def save(self, path: Union[str, Path]) -> None:
@@ -222,6 +229,7 @@ class DistilledSampler(nn.Module):
             **header(_KIND),
             "shape": list(self.shape),
             "teacher_blocks": self.teacher_blocks,
+            "standardize": self.standardizer.to_state(),
             "stages": [[list(seg) for seg in chain] for chain in self.stages],
             "students": [
                 {"net": network_spec(st.net), "t0": st.t0, "alpha": st.alpha, "beta": st.beta, "weights": st.net.state_dict()}
@@ -254,7 +262,8 @@ class DistilledSampler(nn.Module):
             raise CheckpointError(f"{path} is a torchcfm_local distilled file with missing or bad fields: {err}") from err
         students = [_load_student(path, s, rec, len(chain), student_factory)
                     for s, (rec, chain) in enumerate(zip(recs, stages), 1)]
-        return cls(shape, students, stages, teacher_blocks)
+        standardizer = Standardizer.from_state(state.get("standardize"), int(np.prod(shape)), str(path))
+        return cls(shape, students, stages, teacher_blocks, standardizer)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, stages={self.nfe} (NFE {self.nfe}), teacher_blocks={self.teacher_blocks}"
