@@ -195,6 +195,7 @@ def test_a_lost_rank_ends_the_run_and_resume_matches_uninterrupted(tmp_path):
         assert case["survivor_exit"] is not None, f"the surviving rank hung ({case})"
         assert case["survivor_exit"] != 0 and case["survivor_seconds"] < SURVIVOR_BOUND_S, case
         assert any(s in case["survivor_error"] for s in PEER_GONE), case
+        assert "relaunch all ranks with resume=True" in case["survivor_error"], case
     assert freeze["survivor_seconds"] >= float(COLLECTIVE_TIMEOUT_S) - 1  # a frozen peer: the timeout acted
     assert r["resume_exit"] == [0, 0] and r["resumed_blocks"] == r["reference_blocks"] == BLOCKS
     # Both runs use 2 ranks with the same sharding, so the same numbers are summed in the same order:

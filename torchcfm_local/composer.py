@@ -482,8 +482,8 @@ class LocalFlowMatching(nn.Module):
         (``weights_only=True``).
 
         Raises:
-            FileNotFoundError: no file.
-            CheckpointError (a ValueError): corrupt/foreign/newer file, or weights that do not fit.
+            FileNotFoundError: no file (or a directory in its place). PermissionError: unreadable.
+            CheckpointError (a ValueError): corrupt (checksum, truncation)/foreign/newer file, or misfit weights.
         """
         return cls.from_state(safe_load(path, "model", map_location), velocity_factory=velocity_factory,
                               matcher=matcher, source=str(path))

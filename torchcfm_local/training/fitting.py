@@ -41,7 +41,16 @@ def fit(lfm, x, cond=None, config: Optional[FitConfig] = None) -> FitReport:
     config = FitConfig() if config is None else config
     x, cond = _check_inputs(lfm, x, cond, config)
     run = _FitRun.start(lfm, x, cond, config)
-    reports = [run.train_block(n) for n in range(lfm.n_trained + 1, lfm.n_blocks + 1)]
+    try:
+        reports = [run.train_block(n) for n in range(lfm.n_trained + 1, lfm.n_blocks + 1)]
+    except RuntimeError as err:
+        if not run.dist.active:
+            raise
+        # gloo reports a dead peer as a plain RuntimeError, a stalled one after the collective timeout
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise RuntimeError(f"rank {run.dist.rank} of {run.dist.world} stopped while training block {lfm.n_trained + 1}: "
+                           f"{type(err).__name__}: {first}. If another rank died or stalled, finished blocks are "
+                           f"kept{run.ckpt.where()}: relaunch all ranks with resume=True") from err
     return FitReport(reports, run.seed, time.perf_counter() - start, None if run.ckpt.dir is None else str(run.ckpt.dir))
 
 
