@@ -201,7 +201,7 @@ def fit_lfm_curve(method: str, setup: Setup, *, seed: int, progress: bool,
         per_block = block_batches(task, max(1, int(round(frac * budget.per_block))))
         log(f"  {method}: {per_block} batches per block ({frac:.3g} of the budget)")
         rep = model.fit(setup.train, batches_per_block=per_block, batch_size=setup.batch_size, lr=task.lr,
-                        warm_start=task.warm_start, seed=seed, progress=progress, encode_final_pool=False)
+                        warm_start=task.warm_start, seed=seed, progress=progress, encode_final_pool=False, **task.fit)
         runs.append(RunResult(
             method, frac, sum(per_block), setup.n_blocks * setup.block_params,
             sum(b.train_seconds for b in rep.blocks), sum(b.pushforward_seconds for b in rep.blocks),
@@ -226,14 +226,16 @@ def fit_global_curve(method: str, setup: Setup, *, seed: int, progress: bool,
         tick = time.perf_counter()
         train_seconds = tick - start - eval_seconds
         gen = torch.Generator().manual_seed(seed)
-        nll = float(-field_log_prob(model.field(1), setup.curve_set, options=EVAL_ODE, estimator=setup.estimator,
-                                    generator=gen).mean())
+        data_map = model.standardizer  # the block is not marked trained yet: apply the data map by hand
+        log_p = field_log_prob(model.field(1), data_map.apply(setup.curve_set), options=EVAL_ODE,
+                               estimator=setup.estimator, generator=gen) + data_map.log_det()
+        nll = float(-log_p.mean())
         eval_seconds += time.perf_counter() - tick
         runs.append(RunResult(method, marks[step], step, setup.global_params, train_seconds, 0.0, nll))
 
     log(f"  {method}: {total} batches, NLL on the curve set at {sorted(marks)}")
     rep = model.fit(setup.train, batches_per_block=total, batch_size=setup.batch_size, lr=setup.task.lr,
-                    seed=seed, progress=progress, encode_final_pool=False, callback=callback)
+                    seed=seed, progress=progress, encode_final_pool=False, callback=callback, **setup.task.fit)
     runs[-1].block_final_losses = [rep.blocks[0].final_loss]
     return model, runs
 

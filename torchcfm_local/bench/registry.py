@@ -45,6 +45,9 @@ class Task:
         note: where the recipe comes from (shown by ``lfm-bench list``).
         mlp: further :class:`~torchcfm_local.MLP` keyword arguments of every MLP (LFM blocks and
             the global flow), for example ``{"activation": "silu"}``; empty: the MLP's defaults.
+        fit: further :meth:`~torchcfm_local.LocalFlowMatching.fit` options of every method, for
+            example ``{"standardize": "diagonal"}`` or ``{"pool": "ou"}`` (a one-block global flow
+            has no pool to push, so ``pool`` changes only LFM); empty: fit's defaults.
     """
 
     dataset: str
@@ -57,6 +60,7 @@ class Task:
     block_weights: Optional[tuple[float, ...]] = None
     note: str = ""
     mlp: dict = field(default_factory=dict)
+    fit: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _positive_floats(self.steps, "Task.steps")
