@@ -41,13 +41,19 @@ def learning_curves(result: dict, path: Path) -> Path:
         style = "-o" if row["method"].startswith("lfm") else "--s"
         axes[0].plot([r["batches"] for r in runs], nll, style, label=row["method"])
         axes[1].plot([r["train_seconds"] + r["pushforward_seconds"] for r in runs], nll, style, label=row["method"])
+    return _save_curves(plt, fig, axes, "seconds (training + pushforward)",
+                        f"{result['task']['dataset']}: learning curves ({result['budget']} budget)", path)
+
+
+def _save_curves(plt, fig, axes, seconds_label: str, title: str, path: Path) -> Path:
+    """Labels, grid and legend of the two learning-curve panels (batches, seconds); writes ``path``."""
     axes[0].set_xlabel("training batches (all blocks)")
-    axes[1].set_xlabel("seconds (training + pushforward)")
+    axes[1].set_xlabel(seconds_label)
     for ax in axes:
         ax.set_ylabel("NLL (nats), held-out subset")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{result['task']['dataset']}: learning curves ({result['budget']} budget)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -70,18 +76,9 @@ def mean_learning_curves(record: dict, path: Path) -> Path:
         for ax, xs in zip(axes, ([b for b, _ in row["curve"]], row["curve_seconds"])):
             line, = ax.plot(xs, mean, style, label=row["method"])
             ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    axes[0].set_xlabel("training batches (all blocks)")
-    axes[1].set_xlabel("mean seconds (training + pushforward)")
-    for ax in axes:
-        ax.set_ylabel("NLL (nats), held-out subset")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{record['task']['dataset']}: mean learning curves ± SE over {agg['n_seeds']} seeds "
-                 f"({record['budget']} budget)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_curves(plt, fig, axes, "mean seconds (training + pushforward)",
+                        f"{record['task']['dataset']}: mean learning curves ± SE over {agg['n_seeds']} seeds "
+                        f"({record['budget']} budget)", path)
 
 
 def samples_vs_data(run, path: Path) -> Path:
