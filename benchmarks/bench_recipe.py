@@ -90,11 +90,12 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", default="quick")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--resume", action="store_true", help="keep the runs already in the JSON file")
+    parser.add_argument("--name", default=None, help="output file name (default: recipe_<budget>)")
     parser.add_argument("--final-only", action="store_true",
                         help="train only the full-budget models (no learning curve): LFM costs 1x instead of 1.75x")
     args = parser.parse_args(argv)
     budget = replace(BUDGETS[args.budget], fractions=(1.0,)) if args.final_only else args.budget
-    name = f"recipe_{args.budget}"
+    name = args.name or f"recipe_{args.budget}"
     path = RESULTS / f"{name}.json"
     records = json.loads(path.read_text())["results"]["records"] if args.resume and path.exists() else []
     done = {(r["task"], r["variant"], r["seed"]) for r in records}

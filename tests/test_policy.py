@@ -159,3 +159,13 @@ def test_cli_three_commands(tmp_path, capsys):
     assert cli_main(["eval", "--task", "point", "--policy", p, "--episodes", "5"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert lines[0]["episodes_kept"] == 20 and lines[1]["method"] == "lfm" and 0 <= lines[2]["success_rate"] <= 1
+
+
+def test_mlp_policies_keep_their_measured_network():
+    """An MLP policy builds POLICY_MLP (SiLU, Fourier time) whatever tl.MLP's default is; network_config overrides it."""
+    from torchcfm_local.policy import POLICY_MLP
+
+    net = FlowPolicy({"pos": 2}, 2, network="mlp").flow.nets[0]
+    assert {k: net.config[k] for k in POLICY_MLP} == POLICY_MLP and isinstance(net.net[1], torch.nn.SiLU)
+    net = FlowPolicy({"pos": 2}, 2, network="mlp", network_config={"activation": "softplus20"}).flow.nets[0]
+    assert net.config["activation"] == "softplus20" and isinstance(net.net[1], torch.nn.Softplus)

@@ -23,12 +23,19 @@ _ACTIVATIONS = {"silu": nn.SiLU, "selu": nn.SELU, "relu": nn.ReLU, "tanh": nn.Ta
 
 
 class MLP(nn.Module):
-    r"""Fully connected velocity network with Fourier time features.
+    r"""Fully connected velocity network ``v(t, x)`` with Fourier time features.
 
     Input: ``x`` flattened to ``(B, D)`` concatenated with the time features
     :math:`[t, \sin(2^k \pi t), \cos(2^k \pi t)]_{k < n_{freq}}`; ``depth`` hidden layers of
     ``width`` units; output reshaped to ``x``'s shape. The reference LFM runs use width 256 with
     3-5 hidden layers.
+
+    The default activation, ``softplus20`` (the LFM reference code's), replaced SiLU after the
+    screen of ``benchmarks/bench_recipe.py`` (``benchmarks/results/recipe_quick.md``): a lower
+    test NLL for global flows and LFM alike on the 2D densities. The Fourier
+    time features stay: without them, briefly trained LFM chains sent some samples far outside
+    the data when decoding (``n_freq=0``). ``activation="silu"`` is the earlier default
+    (conditional policies still use it).
 
     Args:
         dim: flattened data dimension ``D`` (``prod(shape)`` for shaped data).
@@ -42,7 +49,7 @@ class MLP(nn.Module):
             :class:`~torchcfm_local.LocalFlowMatching` passes ``cond_dim + 1`` features.
     """
 
-    def __init__(self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 4, activation: str = "silu",
+    def __init__(self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 4, activation: str = "softplus20",
                  cond_features: int = 0):
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("n_freq", n_freq, 0),

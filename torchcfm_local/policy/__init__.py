@@ -8,9 +8,9 @@
 """
 from .demos import Demos, load_demos, save_demos
 from .normalizer import Normalizer
-from .policy import FlowPolicy, RegressionPolicy, load_policy
+from .policy import POLICY_MLP, FlowPolicy, RegressionPolicy, load_policy
 from .rollout import RolloutReport, evaluate
 from .tasks import TASKS, make_env, collect_demos
 
-__all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "Normalizer", "Demos", "load_demos", "save_demos", "evaluate",
+__all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "POLICY_MLP", "Normalizer", "Demos", "load_demos", "save_demos", "evaluate",
            "RolloutReport", "TASKS", "make_env", "collect_demos"]

@@ -33,7 +33,7 @@ from .demos import Demos, windows
 from .normalizer import Normalizer
 from .unet1d import ConditionalUnet1D
 
-__all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "DEFAULT_LFM_SCHEDULE"]
+__all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "DEFAULT_LFM_SCHEDULE", "POLICY_MLP"]
 
 #: LFM schedule of a policy when none is given. The paper does not list its robotics schedule;
 #: these are its CIFAR-10 values (h0 = 0.3, rho = 1.1, N = 4).
@@ -41,6 +41,10 @@ DEFAULT_LFM_SCHEDULE = OUSchedule(h0=0.3, rho=1.1, n_blocks=4)
 #: RK4 steps of a policy's sampling ODE summed over its blocks (each block gets ``ceil(16 / N)``),
 #: so that global and LFM policies sample at (about) equal cost: 64 network evaluations per chunk.
 POLICY_RK4_STEPS = 16
+#: MLP settings of a ``network="mlp"`` policy (``network_config`` overrides them): SiLU with Fourier
+#: time features, the network the policy benchmarks were measured with (the package-wide MLP default
+#: was chosen on densities and is not yet measured on policies); saved policies rebuild the same network.
+POLICY_MLP = {"activation": "silu", "n_freq": 4}
 
 
 class _ChunkPolicy(nn.Module):
@@ -144,7 +148,8 @@ class FlowPolicy(_ChunkPolicy):
         action_dim: Da.
         n_obs_steps, horizon, n_action_steps: To, H, Ta (Diffusion Policy's 2, 16, 8).
         schedule: the OU schedule (default :data:`DEFAULT_LFM_SCHEDULE`).
-        network: ``"unet"`` (:class:`ConditionalUnet1D`) or ``"mlp"`` (:class:`~torchcfm_local.MLP`).
+        network: ``"unet"`` (:class:`ConditionalUnet1D`) or ``"mlp"`` (:class:`~torchcfm_local.MLP`
+            with :data:`POLICY_MLP` unless ``network_config`` overrides it).
         network_config: keyword arguments of the network, the same for every block.
         matcher: a torchcfm matcher without minibatch OT (default: the trigonometric path).
         ode: sampling ODE options (default: RK4 with :data:`POLICY_RK4_STEPS` steps over all blocks).
@@ -168,7 +173,7 @@ class FlowPolicy(_ChunkPolicy):
                 return ConditionalUnet1D(action_dim, horizon, features, **self.network_config)
         else:
             def factory(n):
-                return MLP(horizon * action_dim, cond_features=features, **self.network_config)
+                return MLP(horizon * action_dim, cond_features=features, **{**POLICY_MLP, **self.network_config})
         self.flow = LocalFlowMatching((horizon, action_dim), schedule or DEFAULT_LFM_SCHEDULE, matcher, factory,
                                       ode=self.ode, cond_dim=self.cond_dim)
 
