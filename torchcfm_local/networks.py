@@ -30,12 +30,11 @@ class MLP(nn.Module):
     ``width`` units; output reshaped to ``x``'s shape. The reference LFM runs use width 256 with
     3-5 hidden layers.
 
-    The default activation, ``softplus20`` (the LFM reference code's), replaced SiLU after the
-    screen of ``benchmarks/bench_recipe.py`` (``benchmarks/results/recipe_quick.md``): a lower
-    test NLL for global flows and LFM alike on the 2D densities. The Fourier
-    time features stay: without them, briefly trained LFM chains sent some samples far outside
-    the data when decoding (``n_freq=0``). ``activation="silu"`` is the earlier default
-    (conditional policies still use it).
+    ``activation="softplus20"`` (the LFM reference code's) gave a lower 2D test NLL for global flows
+    and LFM alike in the screen of ``benchmarks/bench_recipe.py`` (``benchmarks/results/recipe_quick.md``);
+    it is not the default yet because the benchmark's evaluation took much longer with it (not yet
+    measured in isolation). Keep the Fourier time features: without them (``n_freq=0``), briefly
+    trained LFM chains sent some samples far outside the data when decoding (``decode_outliers.md``).
 
     Args:
         dim: flattened data dimension ``D`` (``prod(shape)`` for shaped data).
@@ -49,7 +48,7 @@ class MLP(nn.Module):
             :class:`~torchcfm_local.LocalFlowMatching` passes ``cond_dim + 1`` features.
     """
 
-    def __init__(self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 4, activation: str = "softplus20",
+    def __init__(self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 4, activation: str = "silu",
                  cond_features: int = 0):
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("n_freq", n_freq, 0),
