@@ -25,3 +25,16 @@ def trained_2d():
     )
     report = lfm.fit(x, batches_per_block=1500, batch_size=256, seed=0, progress=False)
     return lfm, report, x
+
+
+class Crash(Exception):
+    """Raised by :func:`crash_at` to interrupt a fit at a chosen batch."""
+
+
+def crash_at(block, step):
+    """A fit callback that raises :class:`Crash` after batch ``step`` of block ``block``."""
+    def callback(n, k, loss):
+        if (n, k) == (block, step):
+            raise Crash
+
+    return callback

@@ -6,7 +6,7 @@ from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
 
 import torchcfm_local as tl
 from torchcfm_local.training import TrainingPool
-from conftest import small_mlp, two_gaussians
+from conftest import Crash, crash_at, small_mlp, two_gaussians
 
 
 def make(n_blocks=3, **kw):
@@ -178,18 +178,6 @@ def test_load_rejects_bad_files(tmp_path):
 
 
 # ---------------------------------------------------------------- checkpoints and resume
-class Crash(Exception):
-    pass
-
-
-def crash_at(block, step):
-    def callback(n, k, loss):
-        if (n, k) == (block, step):
-            raise Crash
-
-    return callback
-
-
 FIT = dict(batches_per_block=40, batch_size=64, seed=3, checkpoint_every=10, progress=False)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import torchcfm_local as tl
+from conftest import Crash, crash_at
 from torchcfm_local.training import BlockTrainer, FitConfig, TrainingPool
 from torchcfm_local.training.pool import ou_marginal
 
@@ -105,23 +106,14 @@ def test_same_seed_same_weights():
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("memmap", [False, True])
 def test_interrupted_ou_run_resumes_bit_identically(tmp_path, memmap):
     x = _gaussian(600, seed=3)
     opts = dict(FIT, standardize="diagonal", pool_dir=tmp_path / "pool" if memmap else None)
     ref = _model()
     ref.fit(x, **{**opts, "pool_dir": None})
-
-    def crash(n, k, loss):
-        if (n, k) == (2, 7):
-            raise Crash
-
     with pytest.raises(Crash):
-        _model().fit(x, checkpoint_dir=tmp_path / "run", callback=crash, **opts)
+        _model().fit(x, checkpoint_dir=tmp_path / "run", callback=crash_at(2, 7), **opts)
     assert not (tmp_path / "run" / "pool.pt").exists()  # the pool is the data: nothing to save
     with pytest.raises(ValueError, match="pool: 'ou' -> 'pushforward'"):
         _model().fit(x, checkpoint_dir=tmp_path / "run", resume=True, **{**opts, "pool": "pushforward"})

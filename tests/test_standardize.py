@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import torchcfm_local as tl
+from conftest import Crash, crash_at
 from torchcfm_local.standardize import Standardizer
 
 SHAPE = (2,)
@@ -116,25 +117,13 @@ def test_save_load_round_trip(fitted, tmp_path):
         tl.LocalFlowMatching.from_state(state, velocity_factory=lambda n: tl.MLP(2, width=16, depth=1))
 
 
-class Crash(Exception):
-    pass
-
-
-def _crash_at(block, step):
-    def callback(n, k, loss):
-        if (n, k) == (block, step):
-            raise Crash
-
-    return callback
-
-
 def test_resume_restores_the_map_and_refuses_another(tmp_path):
     x = _data(seed=1)
     opts = dict(FIT, batches_per_block=10, checkpoint_every=3, standardize="diagonal")
     ref = _model()
     ref.fit(x, **opts)
     with pytest.raises(Crash):
-        _model().fit(x, checkpoint_dir=tmp_path, callback=_crash_at(2, 5), **opts)
+        _model().fit(x, checkpoint_dir=tmp_path, callback=crash_at(2, 5), **opts)
     saved = tl.LocalFlowMatching.load(tmp_path / "model.pt", velocity_factory=lambda n: tl.MLP(2, width=16, depth=1))
     assert saved.standardizer == ref.standardizer  # stored with the run, before block 1 finished
     with pytest.raises(ValueError, match="standardize: 'diagonal' -> 'full'"):
@@ -150,7 +139,7 @@ def test_continuing_in_memory_keeps_the_map():
     x = _data(seed=1)
     lfm = _model()
     with pytest.raises(Crash):
-        lfm.fit(x, callback=_crash_at(2, 1), standardize="full", **FIT)
+        lfm.fit(x, callback=crash_at(2, 1), standardize="full", **FIT)
     assert lfm.n_trained == 1
     before = lfm.standardizer
     with pytest.raises(ValueError, match="trained block.*standardize='full'.*not 'diagonal'"):
