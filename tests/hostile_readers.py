@@ -268,11 +268,39 @@ def _write_bsds(root: Path) -> None:
 
 
 def _hdf5_payload(path: Path) -> list:
-    """The raw data of every (contiguous) HDF5 dataset: HDF5 checksums metadata only, optionally."""
+    """The raw data of every (contiguous) HDF5 dataset, in any group: HDF5 checksums metadata only, optionally."""
     import h5py
 
+    datasets = []
     with h5py.File(path, "r") as f:
-        return [(f[k].id.get_offset(), f[k].id.get_offset() + f[k].id.get_storage_size()) for k in f]
+        f.visititems(lambda name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
+        return [(d.id.get_offset(), d.id.get_offset() + d.id.get_storage_size()) for d in datasets
+                if d.id.get_offset() is not None]
+
+
+# ---------------------------------------------------------------------------------- Robomimic, LeRobot
+def _write_robomimic(root: Path) -> None:
+    from torchcfm_local.policy import save_robomimic
+
+    save_robomimic(root / "robomimic.hdf5", _demos(), masks={"train": [0], "valid": [1]})
+
+
+def _read_robomimic(root: Path):
+    from torchcfm_local.policy import load_robomimic
+
+    return load_robomimic(root / "robomimic.hdf5")
+
+
+def _write_lerobot(root: Path) -> None:
+    from torchcfm_local.policy import save_lerobot
+
+    save_lerobot(root / "lerobot", _demos())
+
+
+def _read_lerobot(root: Path):
+    from torchcfm_local.policy import load_lerobot
+
+    return load_lerobot(root / "lerobot", state_keys=("observation.pos",))
 
 
 def _load(name: str, **options):
@@ -283,10 +311,10 @@ def _splits(ds) -> list:
     return [ds.train, ds.val, ds.test]
 
 
-def _has_h5py() -> bool:
+def _has(module: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("h5py") is not None
+    return importlib.util.find_spec(module) is not None
 
 
 # ---------------------------------------------------------------------------------- the list
@@ -337,10 +365,20 @@ READERS = [
            "model .pt", "datasets.load('hepmass')", lambda p: [(p.read_bytes().index(b"\n") + 1, p.stat().st_size)],
            "the rows after the header line (a CSV has no checksum)", truncation_ok=_csv_cut_ok),
 ]
-if _has_h5py():
+_HDF5 = "the raw data of the HDF5 datasets (no checksum unless the file asks for one)"
+if _has("h5py"):
     READERS.append(Reader("MAF BSDS300 .hdf5", "BSDS300/BSDS300.hdf5", _write_bsds, _load("bsds300"), _splits,
-                          DATA, "demos .npz", "datasets.load('bsds300')", _hdf5_payload,
-                          "the raw data of the HDF5 datasets (no checksum unless the file asks for one)"))
+                          DATA, "demos .npz", "datasets.load('bsds300')", _hdf5_payload, _HDF5))
+    # save_robomimic writes HDF5 1.10 object headers (checksummed metadata, attributes included)
+    READERS.append(Reader("Robomimic .hdf5", "robomimic.hdf5", _write_robomimic, _read_robomimic, _demos_summary,
+                          DATA, "MAF BSDS300 .hdf5", "policy.load_robomimic", _hdf5_payload, _HDF5))
+if _has("pyarrow"):
+    # save_lerobot writes parquet pages with CRC-32s, which load_lerobot checks; info.json has no checksum
+    READERS.append(Reader("LeRobot data .parquet", "lerobot/data/chunk-000/file-000.parquet", _write_lerobot,
+                          _read_lerobot, _demos_summary, DATA, "demos .npz", "policy.load_lerobot"))
+    READERS.append(Reader("LeRobot meta/info.json", "lerobot/meta/info.json", _write_lerobot, _read_lerobot,
+                          _demos_summary, DATA, "pool.json", "policy.load_lerobot", json_value_payload,
+                          "JSON number and string values (no checksum)"))
 
 
 def by_name(name: str) -> Reader:
