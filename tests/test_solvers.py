@@ -108,3 +108,18 @@ def test_concat_convention_network():
 def test_ode_options_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         tl.ODEOptions(**bad)
+
+
+def test_adaptive_solves_stop_on_nan_velocity():
+    """dopri5 fed NaN shrinks its step without end; decode, encode and log_prob raise instead."""
+    torch.manual_seed(0)
+    lfm = tl.LocalFlowMatching(2, tl.OUSchedule(0.3, 1.5, 2), velocity_factory=lambda n: tl.MLP(2, width=8, depth=1))
+    lfm.n_trained = 2
+    with torch.no_grad():
+        lfm.nets[1].net[0].weight.fill_(math.nan)
+    x = torch.randn(5, 2)
+    ode = tl.ODEOptions(solver="dopri5", atol=1e-5, rtol=1e-5)
+    for call in (lambda: lfm.decode(x, ode=ode), lambda: lfm.encode(x, ode=ode), lambda: lfm.log_prob(x, ode=ode)):
+        with pytest.raises(FloatingPointError, match="NaN/Inf during an adaptive ODE solve"):
+            call()
+    assert torch.isnan(lfm.decode(x, ode="rk4")).all()  # fixed-step solves end; their callers check the result

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from . import datasets
 from .checkpoint import CheckpointError
 from .composer import LocalFlowMatching
-from .distillation import DistilledSampler, DistillReport, Segment, StageReport, distill, distill_plan
+from .distillation import DistilledSampler, DistillReport, ReflowReport, Segment, StageReport, distill, distill_plan, reflow
 from .metrics import energy_distance
 from .likelihood import FlowDivergence, bits_per_dim, flow_divergence, log_prob, standard_normal_log_prob
 from .matchers import LocalBlockMatcher, exact_ot_pairing
@@ -56,4 +56,6 @@ __all__ = [
     "DistillReport",
     "StageReport",
     "Segment",
+    "reflow",
+    "ReflowReport",
 ]

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ._checks import positive_int
-from .solvers import ODEOptions, make_solver
+from .solvers import NONFINITE_VELOCITY, ODEOptions, make_solver
 
 __all__ = [
     "FlowDivergence",
@@ -353,6 +353,8 @@ def _flow_divergence(field, x, t0, t1, options, estimator, generator) -> FlowDiv
     def augmented(s: Tensor, z: Tensor) -> Tensor:
         t = (t0 + sign * s).reshape(())  # torchdyn's adaptive loop passes shape (1,)
         y, div = divergence(z[:, :dim].reshape(batch, *shape), t.to(z.dtype))
+        if options.adaptive and not (torch.isfinite(y).all() and torch.isfinite(div).all()):
+            raise FloatingPointError(NONFINITE_VELOCITY)
         return sign * torch.cat([y.reshape(batch, dim), div[:, None]], dim=1)
 
     from torchdyn.numerics import odeint

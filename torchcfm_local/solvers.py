@@ -245,12 +245,34 @@ def integrate(
     return traj[-1]
 
 
+#: The error of an adaptive solve that met a NaN/Inf velocity.
+NONFINITE_VELOCITY = "the velocity became NaN/Inf during an adaptive ODE solve (a diverged network or an exploding state)"
+
+
+class _FiniteGuard(nn.Module):
+    """``field`` that raises ``FloatingPointError`` on a NaN/Inf velocity. An adaptive solver fed NaN
+    shrinks its step without end (torchdyn's dopri5 never returns), so the solve is stopped here."""
+
+    def __init__(self, field: nn.Module):
+        super().__init__()
+        self.field = field
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor, args=None) -> torch.Tensor:
+        v = self.field(t, x)
+        if not torch.isfinite(v).all():
+            raise FloatingPointError(NONFINITE_VELOCITY)
+        return v
+
+
 def build_node(field: VelocityField, options: ODEOptions) -> nn.Module:
-    """A torchdyn ``NeuralODE`` over ``field`` with the solver of ``options``.
+    """A torchdyn ``NeuralODE`` over ``field`` with the solver of ``options``; an adaptive solve
+    raises ``FloatingPointError`` on a NaN/Inf velocity instead of never returning.
 
     torchdyn.core is imported here, not at module load: it pulls PyTorch Lightning (~3 s).
     """
     from torchdyn.core import NeuralODE
 
-    kwargs = {"atol": options.atol, "rtol": options.rtol} if options.adaptive else {}
-    return NeuralODE(field, solver=make_solver(options.solver), sensitivity="autograd", **kwargs)
+    if not options.adaptive:
+        return NeuralODE(field, solver=make_solver(options.solver), sensitivity="autograd")
+    return NeuralODE(_FiniteGuard(field), solver=make_solver(options.solver), sensitivity="autograd",
+                     atol=options.atol, rtol=options.rtol)

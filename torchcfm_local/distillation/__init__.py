@@ -36,12 +36,14 @@ that one-step approximation of the teacher (a good start; training then removes 
 
 Modules, one job each: :mod:`.plan` (segments, stages, step coefficients), :mod:`.students`
 (the one-step maps), :mod:`.pairs` (teacher pairs), :mod:`.sampler` (the distilled sampler, its
-reports and checkpoint file), :mod:`.orchestrator` (:func:`distill`). Sampling presets for every
-sampler live in :mod:`torchcfm_local.sampling`.
+reports and checkpoint file), :mod:`.orchestrator` (:func:`distill`), :mod:`.reflow` (:func:`reflow`:
+the teacher retrained on its own couplings along straight lines, easier to integrate and to
+distill). Sampling presets for every sampler live in :mod:`torchcfm_local.sampling`.
 """
 from .orchestrator import distill
 from .pairs import teacher_pairs
 from .plan import Segment, distill_plan, step_coefficients
+from .reflow import ReflowReport, reflow, reflow_policy
 from .sampler import DistilledSampler, DistillReport, StageReport
 from .students import OneStepMap, default_student
 
@@ -56,4 +58,7 @@ __all__ = [
     "StageReport",
     "DistillReport",
     "distill",
+    "reflow",
+    "reflow_policy",
+    "ReflowReport",
 ]
