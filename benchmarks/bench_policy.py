@@ -1,47 +1,77 @@
-"""Global FM policy vs LFM policy at equal parameters and equal epochs, on a task's expert demos.
+"""Global FM policy vs LFM policy vs regression at equal parameters and epochs, by Diffusion Policy's protocol.
 
-Writes ``benchmarks/results/policy_<task>.{json,md}`` and two figures: success rate against
-training epochs, and sampled action chunks from one start state (both expert modes should show).
+Writes ``benchmarks/results/policy_<task>.{json,md,png}`` (``policy_<task>_unet`` with U-Nets,
+``_quick`` with ``--quick``): per-checkpoint records, per-method summaries, the success rate
+against epochs (mean ± SE bands over training seeds) and, on the point task,
+``policy_<task>_chunks.png`` (chunks sampled from one start state: both expert modes should show).
 
-    python benchmarks/bench_policy.py                       # point task, MLP networks, 3 seeds
-    python benchmarks/bench_policy.py --network unet        # the 1D temporal U-Net
-    python benchmarks/bench_policy.py --quick               # one seed, short (a pipeline check)
-    python benchmarks/bench_policy.py --task lift --width 256 --epochs 50 100 200 --seeds 1 --episodes 50
-                                                            # robosuite Lift (needs the [robot] extra)
+    python benchmarks/bench_policy.py                       # point task, the default recipe, 3 seeds
+    python benchmarks/bench_policy.py --h0 0.2 --rho 1.25 --path linear --ema-decay 0.999
+    python benchmarks/bench_policy.py --network unet --width 256
+    python benchmarks/bench_policy.py --quick               # a pipeline check (minutes on a laptop)
+    python benchmarks/bench_policy.py --task lift --width 256 --seeds 1 # robosuite (the [robot] extra)
 
-Protocol: one demo set (200 expert episodes, seed 0); for every method, seed and epoch budget an
-independent training run (LFM cannot be evaluated before its last block is trained); rollouts on
-the same initial states (``--episodes`` per number, evaluation seed 1000); the regression
-baseline is an MLP trained with MSE. Latency is the mean wall time of one ``predict_action``
-call for all live episodes, after one warm-up call.
+Every recipe flag (``--h0 --rho --blocks --path --network --width --epochs --batch-size --lr
+--weight-decay --warmup --lr-decay --ema-decay``) and its default comes from
+:class:`torchcfm_local.policy.recipe.PolicyRecipe`, as in ``lfm-policy train``.
+
+Protocol (:mod:`torchcfm_local.policy.protocol`, Diffusion Policy's): one demo set (``--demos``
+expert episodes, seed 0); for every method and training seed (``--seeds``, default 3) checkpoints
+every ``--eval-every`` epochs up to ``--epochs``, each evaluated on the same ``--episodes`` (50)
+initial states (evaluation seed ``--eval-seed``, 1000); per method the max over checkpoints and
+the mean of the last 3, each as mean ± SE over training seeds. The checkpoint at epoch e is the
+policy that a total budget of e epochs produces: snapshots of one run for the global flow and the
+regression baseline (without lr decay), one run per checkpoint for LFM (its blocks train one after
+the other; see the protocol module). Latency: mean wall time of one ``predict_action`` call for
+all live episodes, after a warm-up, at equal NFE for both flows (RK4, 16 steps over all blocks).
 """
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from torchcfm_local.policy import collect_demos, evaluate, make_env
-from torchcfm_local.policy.cli import build_policy
 from torchcfm_local.bench.report import write_results
+from torchcfm_local.policy import collect_demos, make_env
+from torchcfm_local.policy.protocol import checkpoint_epochs, run_protocol, summarize
+from torchcfm_local.policy.recipe import PolicyRecipe
 
 ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("global", "lfm", "regression")
+#: what ``--quick`` changes (flags given on the command line win)
+QUICK = {"demos": 20, "width": 32, "epochs": 4.0, "eval_every": 2.0, "seeds": 2, "episodes": 10}
 
 
-def run(method, demos, env, network, width, epochs, seed, episodes, lr):
-    torch.manual_seed(seed)
-    policy = build_policy(method, demos.obs_dims, demos.action.shape[1], network, width)
-    start = time.perf_counter()
-    policy.fit(demos, epochs=epochs, lr=lr, seed=seed, progress=False)
-    train_seconds = time.perf_counter() - start
-    evaluate(policy, env, 2, seed=999)  # warm-up (lazy imports, first solver build)
-    report = evaluate(policy, env, episodes, seed=1000, generator_seed=seed)
-    return policy, {"method": method, "epochs": epochs, "seed": seed, "success_rate": report.success_rate,
-                    "train_seconds": train_seconds, "seconds_per_chunk": report.seconds_per_chunk,
-                    "parameters": policy.n_parameters()}
+def parse_args(argv=None) -> tuple[argparse.Namespace, PolicyRecipe]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="point", choices=("point", "lift", "can"))
+    parser.add_argument("--demos", type=int, default=200, help="expert episodes (demo seed 0)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..seeds-1")
+    parser.add_argument("--eval-every", type=float, default=20, help="epochs between checkpoints")
+    parser.add_argument("--last", type=int, default=3, help="checkpoints averaged at the end")
+    parser.add_argument("--episodes", type=int, default=50, help="test initial states per checkpoint")
+    parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the test initial states")
+    parser.add_argument("--quick", action="store_true", help="a short pipeline check: " + str(QUICK))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    PolicyRecipe.add_arguments(parser)
+    if "--quick" in argv:
+        parser.set_defaults(**QUICK)
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or any(m not in METHODS for m in methods):
+        parser.error(f"--methods takes a comma-separated subset of {','.join(METHODS)}, got {args.methods!r}")
+    args.methods = methods
+    if args.seeds < 1 or args.episodes < 1 or args.last < 1 or args.demos < 1:
+        parser.error("--seeds, --episodes, --last and --demos must be >= 1")
+    try:
+        return args, PolicyRecipe.from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def chunk_figure(policies, demos, path):
@@ -73,83 +103,90 @@ def chunk_figure(policies, demos, path):
     plt.close(fig)
 
 
-def curve_figure(rows, methods, path):
+def curve_figure(summary, path, title):
+    """Success rate against epochs per method: mean over training seeds with ± SE bands."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for method in methods:
-        epochs = sorted({r["epochs"] for r in rows if r["method"] == method})
-        rates = [[r["success_rate"] for r in rows if r["method"] == method and r["epochs"] == e] for e in epochs]
-        mean = np.array([np.mean(v) for v in rates])
-        ax.plot(epochs, mean, "o-", label=method)
-        if max(len(v) for v in rates) > 1:
-            ax.fill_between(epochs, [min(v) for v in rates], [max(v) for v in rates], alpha=0.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("training epochs")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method, row in summary.items():
+        epochs = [p["epochs"] for p in row["curve"]]
+        mean = np.array([p["mean"] for p in row["curve"]])
+        ax.plot(epochs, mean, "o-", label=method, ms=3)
+        if all(p["se"] is not None for p in row["curve"]):
+            se = np.array([p["se"] for p in row["curve"]])
+            ax.fill_between(epochs, mean - se, mean + se, alpha=0.2)
+    ax.set_xlabel("training epochs (checkpoint = the policy of that total budget)")
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="point", choices=("point", "lift", "can"))
-    parser.add_argument("--demos", type=int, default=200, help="expert episodes")
-    parser.add_argument("--network", default="mlp", choices=("mlp", "unet"))
-    parser.add_argument("--width", type=int, default=128, help="LFM block width (the global network is widened to match)")
-    parser.add_argument("--epochs", type=float, nargs="+", default=[25, 50, 100, 200])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs, args.seeds, args.episodes = [5, 10], 1, 20
+def _pm(stat, digits=2):
+    return f"{stat['mean']:.{digits}f}" + ("" if stat["se"] is None else f" ± {stat['se']:.{digits}f}")
+
+
+def table(args, recipe, summary, demos, grid, name) -> str:
+    seeds = args.seeds
+    lines = [f"## {args.task} task: success rate over {args.episodes} fixed test states, mean ± SE over {seeds} "
+             f"training seed(s)", "",
+             f"| method | parameters | checkpoints | max over checkpoints | mean of last {min(args.last, len(grid))} "
+             "| NFE per chunk | ms per chunk |", "|---|---|---|---|---|---|---|"]
+    for method, row in summary.items():
+        latency = {k: None if v is None else 1e3 * v for k, v in row["seconds_per_chunk"].items() if k != "values"}
+        lines.append(f"| {method} | {row['parameters']} | {row['checkpoint']} | {_pm(row['max'])} | {_pm(row['last'])} "
+                     f"| {row['nfe_per_chunk']:g} | {_pm(latency, 1)} |")
+    lines += ["", "| method | " + " | ".join(f"{e:g} ep" for e in grid) + " |", "|---|" + "---|" * len(grid)]
+    for method, row in summary.items():
+        lines.append(f"| {method} | " + " | ".join(_pm(p) for p in row["curve"]) + " |")
+    lines += ["", f"Recipe: `{recipe.to_dict()}`.",
+              f"Demos: {args.demos} expert episodes (expert success {demos.meta['expert_success_rate']:.2f}), "
+              f"{demos.action.shape[0]} steps. Policies: To=2, H=16, Ta=8; LFM: {recipe.blocks} blocks, "
+              f"OUSchedule(h0={recipe.h0:g}, rho={recipe.rho:g}, N={recipe.blocks}), {recipe.path} path; the global network is widened to LFM's parameters; sampling: RK4, "
+              "16 steps over all blocks.",
+              "Checkpoint at epoch e = the policy a total budget of e epochs produces (from the same seed): "
+              "`snapshot` = read off one run per seed, `run` = one training run per checkpoint (LFM trains its "
+              "blocks one after the other). Max and last-k are taken per seed, then mean ± SE over seeds.",
+              f"Figures: `{name}.png`" + (f", `{name}_chunks.png`." if args.task == "point" else ".")]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args, recipe = parse_args(argv)
+    grid = checkpoint_epochs(recipe.epochs, args.eval_every)
     demos = collect_demos(args.task, args.demos, seed=0)
     env = make_env(args.task)
-    methods = ["global", "lfm", "regression"]
-    rows, last = [], {}
-    from tqdm.auto import tqdm
+    final = {}
 
-    jobs = [(m, e, s) for s in range(args.seeds) for e in args.epochs for m in methods]
-    for method, epochs, seed in tqdm(jobs, desc="policies"):
-        policy, row = run(method, demos, env, args.network, args.width, epochs, seed, args.episodes, args.lr)
-        rows.append(row)
-        if seed == 0 and epochs == max(args.epochs):
-            last[method] = policy
-    name = f"policy_{args.task}_{args.network}" + ("_quick" if args.quick else "")
+    def keep_final(method, seed, ckpt):  # the chunk figure shows seed 0's final checkpoints
+        if seed == 0 and ckpt.epochs == grid[-1]:
+            final[method] = ckpt.policy
+
+    records = run_protocol(args.methods, demos, env, recipe, grid, range(args.seeds), args.episodes,
+                           args.eval_seed, on_checkpoint=keep_final)
+    summary = summarize(records, args.last, args.methods)
+    name = f"policy_{args.task}" + ("" if recipe.network == "mlp" else f"_{recipe.network}") + \
+        ("_quick" if args.quick else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    curve_figure(rows, methods, out / f"{name}_success.png")
+    curve_figure(summary, out / f"{name}.png", f"{args.task}: mean ± SE over {args.seeds} seed(s), "
+                                               f"{args.episodes} test states")
     if args.task == "point":
-        chunk_figure({m: last[m] for m in ("global", "lfm", "regression")}, demos, out / f"{name}_chunks.png")
-
-    lines = [f"## {args.task} task ({args.network} networks): success rate over {args.episodes} rollouts, "
-             f"mean (min-max) over {args.seeds} seed(s)", "",
-             "| method | parameters | " + " | ".join(f"{e:g} epochs" for e in args.epochs) + " | ms per chunk |",
-             "|---|---|" + "---|" * len(args.epochs) + "---|"]
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method]
-        cells = []
-        for e in args.epochs:
-            v = [r["success_rate"] for r in mine if r["epochs"] == e]
-            cells.append(f"{np.mean(v):.2f} ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else f"{v[0]:.2f}")
-        latency = 1e3 * np.mean([r["seconds_per_chunk"] for r in mine])
-        lines.append(f"| {method} | {mine[0]['parameters']} | " + " | ".join(cells) + f" | {latency:.1f} |")
-    lines += ["", f"Demos: {args.demos} expert episodes (expert success {demos.meta['expert_success_rate']:.2f}), "
-              f"{demos.action.shape[0]} steps. Policies: To=2, H=16, Ta=8; LFM: 4 blocks, OUSchedule(0.3, 1.1, 4); "
-              "sampling: RK4 with 16 steps over all blocks (64 network evaluations per chunk for both flows).",
-              f"Figures: `{name}_success.png`" + (f", `{name}_chunks.png`." if args.task == "point" else ".")]
-    write_results(out, name, {"rows": rows, "args": vars(args), "demos": demos.meta}, "\n".join(lines))
-    print("\n".join(lines))
+        chunk_figure(final, demos, out / f"{name}_chunks.png")
+    text = table(args, recipe, summary, demos, grid, name)
+    protocol = {"checkpoint_epochs": grid, "seeds": list(range(args.seeds)), "episodes": args.episodes,
+                "eval_seed": args.eval_seed, "last": args.last, "demos": args.demos, "task": args.task}
+    write_results(out, name, {"recipe": recipe.to_dict(), "protocol": protocol, "summary": summary,
+                              "records": records, "demos": demos.meta}, text)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

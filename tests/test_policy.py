@@ -150,6 +150,14 @@ def test_global_policy_gets_lfm_parameter_count(demos):
     assert abs(glob.n_parameters() - lfm.n_parameters()) / lfm.n_parameters() < 0.01
     # equal sampling cost: 16 RK4 steps over all blocks
     assert glob.ode.steps * glob.flow.n_blocks == lfm.ode.steps * lfm.flow.n_blocks == 16
+    # the same from a recipe: other blocks and path, still equal parameters
+    from torchcfm_local.policy.recipe import PolicyRecipe
+
+    recipe = PolicyRecipe(blocks=2, path="linear", width=64)
+    lfm, glob = (build_policy(m, demos.obs_dims, 2, recipe=recipe) for m in ("lfm", "global"))
+    assert lfm.flow.n_blocks == 2 and glob.flow.n_blocks == 1 and glob.recipe == lfm.recipe == recipe
+    assert type(glob.flow.matcher).__name__ == type(lfm.flow.matcher).__name__ == "ConditionalFlowMatcher"
+    assert abs(glob.n_parameters() - lfm.n_parameters()) / lfm.n_parameters() < 0.01
 
 
 def test_cli_three_commands(tmp_path, capsys):
@@ -159,6 +167,7 @@ def test_cli_three_commands(tmp_path, capsys):
     assert cli_main(["eval", "--task", "point", "--policy", p, "--episodes", "5"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert lines[0]["episodes_kept"] == 20 and lines[1]["method"] == "lfm" and 0 <= lines[2]["success_rate"] <= 1
+    assert lines[1]["recipe"]["width"] == 32 and lines[1]["recipe"]["epochs"] == 2 and load_policy(p).recipe.width == 32
 
 
 def test_mlp_policies_keep_their_measured_network():

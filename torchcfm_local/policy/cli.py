@@ -2,12 +2,16 @@
 
     lfm-policy demos --task point --episodes 200 --out demos/point.npz
     lfm-policy train --demos demos/point.npz --method lfm --epochs 100 --out policies/point_lfm.pt
+    lfm-policy train --demos demos/point.npz --h0 0.2 --rho 1.25 --path linear --lr 1e-4 \
+        --weight-decay 1e-6 --warmup 500 --lr-decay cosine --ema-decay 0.999 --out policies/point_dp.pt
     lfm-policy eval --task point --policy policies/point_lfm.pt --episodes 100
     lfm-policy export --demos demos/point.npz --to robomimic --out demos/point.hdf5
 
 ``--demos`` reads our ``.npz`` files, Robomimic ``.hdf5`` files (``--filter-key train`` reads a mask)
 and LeRobot v3 directories; ``--obs-keys a,b`` picks observations (default: all low-dimensional
-ones for Robomimic, ``observation.state`` for LeRobot, all for ``.npz``).
+ones for Robomimic, ``observation.state`` for LeRobot, all for ``.npz``). ``train`` takes every
+field of :class:`~torchcfm_local.policy.recipe.PolicyRecipe` as a flag (defaults there), prints the
+recipe it used and stores it in the policy file.
 """
 from __future__ import annotations
 
@@ -17,12 +21,12 @@ import sys
 
 import torch
 
-from .. import OUSchedule
 from ..networks import count_parameters, width_for_parameters
 from .demos import save_demos
 from .formats import load_any_demos, save_robomimic
 from .formats_lerobot import save_lerobot
 from .policy import FlowPolicy, RegressionPolicy, load_policy
+from .recipe import PolicyRecipe
 from .rollout import evaluate
 from .tasks import TASKS, collect_demos
 
@@ -30,27 +34,37 @@ METHODS = ("lfm", "global", "regression")
 EXPORTS = ("robomimic", "lerobot", "npz")
 
 
-def build_policy(method: str, obs_dims: dict, action_dim: int, network: str = "mlp", width: int = 128,
-                 lfm_blocks: int = 4) -> "FlowPolicy | RegressionPolicy":
-    """A policy of ``method`` whose LFM blocks have ``width``; the global flow's one network is
-    widened until its parameter count matches the LFM policy's (equal parameters)."""
+def build_policy(method: str, obs_dims: dict, action_dim: int, network: "str | None" = None,
+                 width: "int | None" = None, lfm_blocks: "int | None" = None, *,
+                 recipe: "PolicyRecipe | None" = None) -> "FlowPolicy | RegressionPolicy":
+    """A policy of ``method`` built as ``recipe`` says (default :class:`PolicyRecipe`).
+
+    LFM: ``recipe.schedule("lfm")`` with blocks of ``recipe.width``; global: one block whose network
+    is widened until its parameter count matches the LFM policy's (equal parameters); regression: an
+    MLP of ``recipe.width``. Both flows use ``recipe.matcher()`` (the path). ``network``, ``width``
+    and ``lfm_blocks``, when given, override the recipe's ``network``, ``width`` and ``blocks``. The
+    policy keeps the recipe (``policy.recipe``); train it with ``policy.fit(demos, **policy.recipe.fit_options())``.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    overrides = {"network": network, "width": width, "blocks": lfm_blocks}
+    recipe = (recipe or PolicyRecipe()).replace(**{k: v for k, v in overrides.items() if v is not None})
     if method == "regression":
-        return RegressionPolicy(obs_dims, action_dim, width=width)
+        return RegressionPolicy(obs_dims, action_dim, width=recipe.width, recipe=recipe)
 
     def make(schedule, w):
         config = ({"down_dims": [w // 4, w // 2, w], "kernel_size": 5, "n_groups": 8, "time_dim": 32}
-                  if network == "unet" else {"width": w})
-        return FlowPolicy(obs_dims, action_dim, schedule=schedule, network=network, network_config=config)
+                  if recipe.network == "unet" else {"width": w})
+        return FlowPolicy(obs_dims, action_dim, schedule=schedule, network=recipe.network, network_config=config,
+                          matcher=recipe.matcher(), recipe=recipe)
 
-    lfm = make(OUSchedule(0.3, 1.1, lfm_blocks), width)
+    lfm = make(recipe.schedule("lfm"), recipe.width)
     if method == "lfm":
         return lfm
-    step = 32 if network == "unet" else 1  # U-Net widths stay multiples of 4 * n_groups
-    best = width_for_parameters(lambda w: make(OUSchedule.global_flow(), w), count_parameters(lfm), step=step,
-                                start=width)
-    return make(OUSchedule.global_flow(), best)
+    step = 32 if recipe.network == "unet" else 1  # U-Net widths stay multiples of 4 * n_groups
+    best = width_for_parameters(lambda w: make(recipe.schedule("global"), w), count_parameters(lfm), step=step,
+                                start=recipe.width)
+    return make(recipe.schedule("global"), best)
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,6 +78,14 @@ def _load(args):
     return load_any_demos(args.demos, obs_keys=keys, filter_key=args.filter_key)
 
 
+def _recipe(parser: argparse.ArgumentParser, args) -> PolicyRecipe:
+    """The recipe of the parsed flags; a bad value exits with argparse's usage message."""
+    try:
+        return PolicyRecipe.from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lfm-policy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,13 +97,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("train", help="train a policy on demos (.npz, Robomimic .hdf5 or a LeRobot v3 directory)")
     _demo_arguments(p)
     p.add_argument("--method", default="lfm", choices=METHODS)
-    p.add_argument("--network", default="mlp", choices=("mlp", "unet"))
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--epochs", type=float, default=100)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    PolicyRecipe.add_arguments(p)
     p = sub.add_parser("eval", help="roll a saved policy out and print its success rate")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--policy", required=True)
@@ -99,12 +117,14 @@ def main(argv=None) -> int:
         save_demos(args.out, demos)
         print(json.dumps({**demos.meta, "steps": int(demos.action.shape[0]), "file": args.out}))
     elif args.command == "train":
+        recipe = _recipe(parser, args)
         demos = _load(args)
         torch.manual_seed(args.seed)
-        policy = build_policy(args.method, demos.obs_dims, demos.action.shape[1], args.network, args.width)
-        policy.fit(demos, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        policy = build_policy(args.method, demos.obs_dims, demos.action.shape[1], recipe=recipe)
+        policy.fit(demos, **recipe.fit_options(), seed=args.seed)
         policy.save(args.out)
-        print(json.dumps({"method": args.method, "parameters": policy.n_parameters(), "file": args.out}))
+        print(json.dumps({"method": args.method, "parameters": policy.n_parameters(), "seed": args.seed,
+                          "recipe": recipe.to_dict(), "file": args.out}))
     elif args.command == "export":
         demos = _load(args)
         if args.to == "robomimic":

@@ -10,6 +10,10 @@ dimension to [-1, 1] by ranges fitted on the demos (saved with the policy).
   flattened normalized observation window; ``schedule=OUSchedule.global_flow()`` gives the global
   flow, any other schedule LFM. The condition passes unchanged through every block.
 * :class:`RegressionPolicy`: an MLP trained with MSE on the same windows, a unimodal baseline.
+
+A policy built from a :class:`~torchcfm_local.policy.recipe.PolicyRecipe` (as
+:func:`~torchcfm_local.policy.cli.build_policy` does) keeps it as ``policy.recipe``, and its file
+stores it; the schedule, matcher path and ODE are stored with the flow itself.
 """
 from __future__ import annotations
 
@@ -31,13 +35,14 @@ from ..solvers import ODEOptions
 from ..training.loop import OptimConfig, StepLoop
 from .demos import Demos, windows
 from .normalizer import Normalizer
+from .recipe import PolicyRecipe
 from .unet1d import ConditionalUnet1D
 
 __all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "DEFAULT_LFM_SCHEDULE", "POLICY_MLP"]
 
-#: LFM schedule of a policy when none is given. The paper does not list its robotics schedule;
-#: these are its CIFAR-10 values (h0 = 0.3, rho = 1.1, N = 4).
-DEFAULT_LFM_SCHEDULE = OUSchedule(h0=0.3, rho=1.1, n_blocks=4)
+#: LFM schedule of a policy when none is given: the default recipe's (:class:`PolicyRecipe`,
+#: h0 = 0.3, rho = 1.1, N = 4, the paper's CIFAR-10 values; its robotics schedules are shorter).
+DEFAULT_LFM_SCHEDULE = PolicyRecipe().schedule("lfm")
 #: RK4 steps of a policy's sampling ODE summed over its blocks (each block gets ``ceil(16 / N)``),
 #: so that global and LFM policies sample at (about) equal cost: 64 network evaluations per chunk.
 POLICY_RK4_STEPS = 16
@@ -51,8 +56,14 @@ class _ChunkPolicy(nn.Module):
     """What both policies share: observation checks, normalizers, windows, save/load."""
 
     def __init__(self, obs_dims: dict, action_dim: int, n_obs_steps: int = 2, horizon: int = 16,
-                 n_action_steps: int = 8):
+                 n_action_steps: int = 8, recipe: Union[PolicyRecipe, dict, None] = None):
         super().__init__()
+        if isinstance(recipe, dict):
+            recipe = PolicyRecipe.from_dict(recipe)
+        if recipe is not None and not isinstance(recipe, PolicyRecipe):
+            raise TypeError(f"recipe must be a PolicyRecipe, a dict of its fields or None, got {type(recipe).__name__}")
+        #: the recipe the policy was built with (provenance; ``None`` when built directly)
+        self.recipe: Optional[PolicyRecipe] = recipe
         if not obs_dims or any(not is_int(d) or d < 1 for d in obs_dims.values()):
             raise ValueError(f"obs_dims must map observation keys to positive ints, got {obs_dims!r}")
         for name, value in (("action_dim", action_dim), ("n_obs_steps", n_obs_steps), ("horizon", horizon),
@@ -73,7 +84,8 @@ class _ChunkPolicy(nn.Module):
 
     def _base_config(self) -> dict:
         return {"obs_dims": self.obs_dims, "action_dim": self.action_dim, "n_obs_steps": self.n_obs_steps,
-                "horizon": self.horizon, "n_action_steps": self.n_action_steps}
+                "horizon": self.horizon, "n_action_steps": self.n_action_steps,
+                "recipe": None if self.recipe is None else self.recipe.to_dict()}
 
     # ------------------------------------------------------------------ data
     def _training_data(self, demos: Demos) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +146,17 @@ class _ChunkPolicy(nn.Module):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def batches_per_block(self, demos: Demos, epochs: float, batch_size: int) -> int:
+        """Optimizer steps per block that :meth:`fit` takes for ``epochs`` passes over the demos'
+        windows (one window per demo step) in batches of ``batch_size`` (capped at the windows)."""
+        n_windows = int(demos.action.shape[0])
+        return _epochs_to_batches(epochs, n_windows, min(batch_size, n_windows), self.n_blocks)
+
+    @property
+    def n_blocks(self) -> int:
+        """Networks trained one after the other (1 unless LFM)."""
+        return 1
+
 
 def _epochs_to_batches(epochs: float, n_windows: int, batch_size: int, n_blocks: int) -> int:
     """Batches per block so that all blocks together see ``epochs`` passes over the windows."""
@@ -155,12 +178,15 @@ class FlowPolicy(_ChunkPolicy):
         ode: sampling ODE options (default: RK4 with :data:`POLICY_RK4_STEPS` steps over all blocks).
         guidance: classifier-free guidance scale at sampling (``None``: off; needs
             ``cond_dropout > 0`` in :meth:`fit`).
+        recipe: the :class:`PolicyRecipe` the policy was built from, kept as provenance (the
+            arguments above are what the policy uses).
     """
 
     def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
                  n_action_steps: int = 8, schedule: Optional[OUSchedule] = None, network: str = "unet",
-                 network_config: Optional[dict] = None, matcher=None, ode=None, guidance: Optional[float] = None):
-        super().__init__(obs_dims, action_dim, n_obs_steps, horizon, n_action_steps)
+                 network_config: Optional[dict] = None, matcher=None, ode=None, guidance: Optional[float] = None,
+                 recipe: Union[PolicyRecipe, dict, None] = None):
+        super().__init__(obs_dims, action_dim, n_obs_steps, horizon, n_action_steps, recipe)
         if network not in ("unet", "mlp"):
             raise ValueError(f"network must be 'unet' or 'mlp', got {network!r}")
         self.network, self.network_config = network, dict(network_config or {})
@@ -201,6 +227,10 @@ class FlowPolicy(_ChunkPolicy):
         pred = self.flow.decode(z, cond=cond, guidance=scale, ode=self.ode)
         return self._chunk(pred)
 
+    @property
+    def n_blocks(self) -> int:
+        return self.flow.n_blocks
+
     def _config(self) -> dict:
         return {**self._base_config(), "network": self.network, "network_config": self.network_config,
                 "guidance": self.guidance, "ode": self.ode.to_dict()}
@@ -213,8 +243,9 @@ class RegressionPolicy(_ChunkPolicy):
     """MLP from the observation window to the action chunk, trained with MSE (a unimodal baseline)."""
 
     def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
-                 n_action_steps: int = 8, width: int = 256, depth: int = 3):
-        super().__init__(obs_dims, action_dim, n_obs_steps, horizon, n_action_steps)
+                 n_action_steps: int = 8, width: int = 256, depth: int = 3,
+                 recipe: Union[PolicyRecipe, dict, None] = None):
+        super().__init__(obs_dims, action_dim, n_obs_steps, horizon, n_action_steps, recipe)
         self.width, self.depth = width, depth
         layers, fan_in = [], self.cond_dim
         for _ in range(depth):
@@ -223,17 +254,22 @@ class RegressionPolicy(_ChunkPolicy):
         self.net = nn.Sequential(*layers, nn.Linear(fan_in, horizon * action_dim))
 
     def fit(self, demos: Demos, *, epochs: float = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
-            progress: bool = True) -> list[float]:
-        """Fit the MLP by MSE on the demos' windows with :class:`~torchcfm_local.training.loop.StepLoop`
-        (Adam at a constant ``lr``): ``epochs`` passes over the windows in minibatches of
-        ``batch_size`` windows ``(cond (B, To * Dobs), actions (B, H * Da))`` drawn with replacement
-        from a generator seeded with ``seed``. Returns the loss of every step.
+            progress: bool = True, weight_decay: float = 0.0, warmup: int = 0, lr_decay: Optional[str] = None,
+            ema_decay: Optional[float] = None, callback=None) -> list[float]:
+        """Fit the MLP by MSE on the demos' windows with :class:`~torchcfm_local.training.loop.StepLoop`:
+        ``epochs`` passes over the windows in minibatches of ``batch_size`` windows
+        ``(cond (B, To * Dobs), actions (B, H * Da))`` drawn with replacement from a generator
+        seeded with ``seed``. The optimizer is Adam at a constant ``lr`` unless the options of
+        :class:`~torchcfm_local.training.loop.OptimConfig` say otherwise (``weight_decay > 0``:
+        AdamW; ``warmup`` batches; ``lr_decay="cosine"``; ``ema_decay``: the EMA of the weights
+        becomes the final weights). ``callback(step, loss)`` runs after every optimizer step.
+        Returns the loss of every step.
 
         Raises:
-            ValueError: bad ``epochs``, ``batch_size`` or ``lr``; demos that do not fit the policy.
+            ValueError: bad ``epochs``, ``batch_size`` or optimizer options; demos that do not fit the policy.
             FloatingPointError: the loss became NaN/Inf.
         """
-        config = OptimConfig(lr=lr)
+        config = OptimConfig(lr=lr, weight_decay=weight_decay, warmup=warmup, lr_decay=lr_decay, ema_decay=ema_decay)
         cond, actions = self._training_data(demos)
         target = actions.reshape(actions.shape[0], -1)
         batch_size = min(positive_int(batch_size, "batch_size"), target.shape[0])
@@ -244,7 +280,7 @@ class RegressionPolicy(_ChunkPolicy):
             idx = torch.randint(0, target.shape[0], (batch_size,), generator=gen)
             return torch.mean((self.net(cond[idx]) - target[idx]) ** 2)
 
-        return StepLoop(self.net, steps, config, desc="regression", progress=progress).run(loss_fn)
+        return StepLoop(self.net, steps, config, desc="regression", progress=progress).run(loss_fn, callback)
 
     @torch.no_grad()
     def predict_action(self, obs_dict: dict, generator: Optional[torch.Generator] = None, guidance=None) -> dict:

@@ -1,0 +1,183 @@
+"""The policy recipe (every knob reaches the policy and its file) and Diffusion Policy's evaluation protocol."""
+import importlib.util
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from torchcfm.conditional_flow_matching import ConditionalFlowMatcher, VariancePreservingConditionalFlowMatcher
+
+import torchcfm_local as tl
+from torchcfm_local.policy import collect_demos, load_policy, save_demos
+from torchcfm_local.policy.policy import DEFAULT_LFM_SCHEDULE
+from torchcfm_local.policy.cli import build_policy, main as cli_main
+from torchcfm_local.policy.protocol import checkpoint_epochs, summarize, train_checkpoints
+from torchcfm_local.policy.recipe import PolicyRecipe
+
+ROOT = Path(__file__).resolve().parents[1]
+#: every knob away from its default
+KNOBS = {"h0": 0.2, "rho": 1.25, "blocks": 3, "path": "linear", "network": "mlp", "width": 16, "epochs": 1.0,
+         "batch_size": 64, "lr": 3e-4, "weight_decay": 1e-4, "warmup": 2, "lr_decay": "cosine", "ema_decay": 0.9}
+
+
+def _flags(knobs):
+    return [a for k, v in knobs.items() for a in ("--" + k.replace("_", "-"), str(v))]
+
+
+@pytest.fixture(scope="module")
+def demos():
+    return collect_demos("point", 6, seed=0)
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_policy", ROOT / "benchmarks" / "bench_policy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def fit_calls(monkeypatch):
+    """Records the keywords of every LocalFlowMatching.fit call (and still trains)."""
+    calls, original = [], tl.LocalFlowMatching.fit
+
+    def spy(self, x, **options):
+        calls.append(options)
+        return original(self, x, **options)
+
+    monkeypatch.setattr(tl.LocalFlowMatching, "fit", spy)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["lfm", "global"])
+def test_every_cli_knob_reaches_the_policy_and_its_file(demos, tmp_path, capsys, fit_calls, method):
+    d, p = str(tmp_path / "d.npz"), str(tmp_path / "p.pt")
+    save_demos(d, demos)
+    assert cli_main(["train", "--demos", d, "--method", method, "--seed", "3", "--out", p, *_flags(KNOBS)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["recipe"] == KNOBS and printed["seed"] == 3
+    (options,) = fit_calls
+    assert {k: options[k] for k in ("lr", "weight_decay", "warmup", "lr_decay", "ema_decay", "seed")} == \
+        {"lr": 3e-4, "weight_decay": 1e-4, "warmup": 2, "lr_decay": "cosine", "ema_decay": 0.9, "seed": 3}
+    policy = load_policy(p)
+    assert policy.recipe == PolicyRecipe(**KNOBS)
+    assert type(policy.flow.matcher) is ConditionalFlowMatcher and policy.flow.matcher.sigma == 0
+    blocks = 3 if method == "lfm" else 1
+    assert policy.flow.schedule == (tl.OUSchedule(0.2, 1.25, 3) if method == "lfm" else tl.OUSchedule.global_flow())
+    n_windows = demos.action.shape[0]
+    assert options["batch_size"] == 64 and options["batches_per_block"] == math.ceil(n_windows / 64 / blocks)
+    assert policy.flow.nets[0].config["width"] >= 16 and policy.network == "mlp"
+
+
+def test_bench_reads_the_same_flags():
+    args, recipe = _load_bench().parse_args(_flags(KNOBS))
+    assert recipe == PolicyRecipe(**KNOBS) and args.seeds == 3 and args.episodes == 50
+    args, recipe = _load_bench().parse_args([])
+    assert recipe == PolicyRecipe()
+
+
+def test_recipe_defaults_checks_and_round_trip(demos, tmp_path):
+    default = PolicyRecipe()
+    assert default.schedule("lfm") == tl.OUSchedule(0.3, 1.1, 4) == DEFAULT_LFM_SCHEDULE
+    assert type(default.matcher()) is VariancePreservingConditionalFlowMatcher and default.decay is None
+    assert PolicyRecipe.from_dict(json.loads(json.dumps(PolicyRecipe(**KNOBS).to_dict()))) == PolicyRecipe(**KNOBS)
+    for bad in ({"path": "ot"}, {"blocks": 0}, {"h0": -1.0}, {"lr_decay": "step"}, {"ema_decay": 1.5},
+                {"network": "unet", "width": 40}, {"weight_decay": -1.0}):
+        with pytest.raises(ValueError):
+            PolicyRecipe(**bad)
+    with pytest.raises(ValueError, match="unknown recipe fields"):
+        PolicyRecipe.from_dict({"h0": 0.2, "sigma": 0.1})
+    # legacy positional overrides of build_policy still win over the recipe
+    assert build_policy("lfm", demos.obs_dims, 2, "mlp", 16, 2).recipe == PolicyRecipe(width=16, blocks=2)
+    recipe = PolicyRecipe(**{**KNOBS, "path": "trig", "lr_decay": "none"})
+    for method in ("lfm", "regression"):
+        torch.manual_seed(0)
+        policy = build_policy(method, demos.obs_dims, 2, recipe=recipe)
+        policy.fit(demos, **recipe.fit_options(), seed=0, progress=False)
+        policy.save(tmp_path / "p.pt")
+        again = load_policy(tmp_path / "p.pt")
+        assert again.recipe == recipe and type(again) is type(policy)
+        if method == "lfm":
+            assert again.flow.schedule == policy.flow.schedule == tl.OUSchedule(0.2, 1.25, 3)
+            assert type(again.flow.matcher) is VariancePreservingConditionalFlowMatcher and again.ode == policy.ode
+        obs = {"pos": torch.randn(3, 2, 2) * 0.3}
+        a = policy.predict_action(obs, generator=torch.Generator().manual_seed(1))["action"]
+        assert torch.equal(a, again.predict_action(obs, generator=torch.Generator().manual_seed(1))["action"])
+
+
+@pytest.mark.parametrize("method", ["global", "regression"])
+def test_snapshot_equals_the_run_of_its_budget(demos, method):
+    """The checkpoint definition: a snapshot of one run after e epochs is the policy of a run with budget e."""
+    recipe = PolicyRecipe(width=16, batch_size=32, warmup=3, ema_decay=0.9, epochs=2.0)
+    obs = {"pos": torch.randn(4, 2, 2) * 0.3}
+    snaps = []
+    for ckpt in train_checkpoints(method, demos, recipe, [1.0, 2.0], seed=5):
+        assert ckpt.kind == "snapshot"
+        snaps.append(ckpt.policy.predict_action(obs, generator=torch.Generator().manual_seed(0))["action"])
+    for budget, snap in zip((1.0, 2.0), snaps):  # independent runs with these budgets
+        torch.manual_seed(5)
+        run = build_policy(method, demos.obs_dims, 2, recipe=recipe)
+        run.fit(demos, **{**recipe.fit_options(), "epochs": budget}, seed=5, progress=False)
+        assert torch.allclose(snap, run.predict_action(obs, generator=torch.Generator().manual_seed(0))["action"],
+                              atol=1e-6)
+    assert not torch.allclose(snaps[0], snaps[1])
+    # cosine decay depends on the total budget: every checkpoint is then its own run
+    kinds = [c.kind for c in train_checkpoints(method, demos, recipe.replace(lr_decay="cosine", epochs=0.5), [0.5], 5)]
+    assert kinds == ["run"]
+
+
+def test_lfm_checkpoints_are_runs_of_their_budget(demos):
+    recipe = PolicyRecipe(width=16, batch_size=32, blocks=2)
+    ckpts = [(c.epochs, c.kind, c.policy.flow.n_trained) for c in train_checkpoints("lfm", demos, recipe, [2, 1], 0)]
+    assert ckpts == [(1.0, "run", 2), (2.0, "run", 2)]
+
+
+def test_checkpoint_grid():
+    assert checkpoint_epochs(100, 20) == [20.0, 40.0, 60.0, 80.0, 100.0]
+    assert checkpoint_epochs(50, 20) == [20.0, 40.0, 50.0] and checkpoint_epochs(1, 5) == [1.0]
+    assert checkpoint_epochs(0.3, 0.1) == pytest.approx([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError):
+        checkpoint_epochs(10, 0)
+
+
+def test_summary_math_by_hand():
+    rates = {("lfm", 0): [0.1, 0.5, 0.4, 0.3], ("lfm", 1): [0.2, 0.2, 0.6, 0.5], ("lfm", 2): [0.0, 0.9, 0.3, 0.3],
+             ("global", 0): [0.7, 0.8, 0.6, 0.9]}
+    records = [{"method": m, "seed": s, "epochs": 10.0 * (i + 1), "success_rate": r, "seconds_per_chunk": 0.01 * (s + 1),
+                "nfe_per_chunk": 64.0, "parameters": 100, "checkpoint": "run", "train_seconds": 1.0}
+               for (m, s), rs in rates.items() for i, r in reversed(list(enumerate(rs)))]  # any order
+    out = summarize(records, last=3)
+    lfm = out["lfm"]
+    maxima, lasts = [0.5, 0.6, 0.9], [(0.5 + 0.4 + 0.3) / 3, (0.2 + 0.6 + 0.5) / 3, (0.9 + 0.3 + 0.3) / 3]
+    assert lfm["max"]["mean"] == pytest.approx(sum(maxima) / 3)
+    assert lfm["max"]["se"] == pytest.approx(statistics.stdev(maxima) / math.sqrt(3))
+    assert lfm["last"]["mean"] == pytest.approx(sum(lasts) / 3)
+    assert lfm["last"]["se"] == pytest.approx(statistics.stdev(lasts) / math.sqrt(3))
+    assert [p["epochs"] for p in lfm["curve"]] == [10, 20, 30, 40]
+    assert lfm["curve"][1]["mean"] == pytest.approx(1.6 / 3)
+    assert lfm["curve"][1]["se"] == pytest.approx(statistics.stdev([0.5, 0.2, 0.9]) / math.sqrt(3))
+    assert lfm["seconds_per_chunk"]["mean"] == pytest.approx(0.02) and lfm["seeds"] == [0, 1, 2]
+    g = out["global"]  # one seed: no SE
+    assert g["max"] == {"mean": 0.9, "se": None, "values": [0.9]} and g["last"]["mean"] == pytest.approx(2.3 / 3)
+    with pytest.raises(ValueError, match="other epochs"):
+        summarize([r for r in records if not (r["seed"] == 1 and r["epochs"] == 40.0)])
+
+
+def test_bench_quick_runs_end_to_end(tmp_path):
+    argv = ["--quick", "--demos", "6", "--width", "16", "--episodes", "2", "--epochs", "2", "--eval-every", "1",
+            "--out", str(tmp_path)]
+    assert _load_bench().main(argv) == 0
+    data = json.loads((tmp_path / "policy_point_quick.json").read_text())
+    results = data["results"]
+    assert data["provenance"]["commit"] and data["provenance"]["command"] and data["provenance"]["machine"]
+    assert results["protocol"]["checkpoint_epochs"] == [1.0, 2.0] and results["protocol"]["seeds"] == [0, 1]
+    assert len(results["records"]) == 3 * 2 * 2  # methods x seeds x checkpoints
+    assert results["recipe"] == PolicyRecipe(width=16, epochs=2.0).to_dict()
+    summary = results["summary"]
+    assert summary["lfm"]["checkpoint"] == "run" and summary["global"]["checkpoint"] == "snapshot"
+    assert summary["lfm"]["nfe_per_chunk"] == summary["global"]["nfe_per_chunk"] == 64
+    assert summary["global"]["max"]["se"] is not None
+    for suffix in (".md", ".png", "_chunks.png"):
+        assert (tmp_path / f"policy_point_quick{suffix}").stat().st_size > 0

@@ -1,0 +1,167 @@
+"""The training recipe of a policy: every knob, its default and how it reaches the policy, in one place.
+
+``lfm-policy train`` and ``benchmarks/bench_policy.py`` both read their flags and defaults from
+:class:`PolicyRecipe` (:meth:`PolicyRecipe.add_arguments` / :meth:`PolicyRecipe.from_args`), pass
+it to :func:`~torchcfm_local.policy.cli.build_policy` and train with
+:meth:`PolicyRecipe.fit_options`; the policy file stores it (``policy.recipe`` after
+:func:`~torchcfm_local.policy.load_policy`). Changing a default here changes it for both.
+
+The defaults are the recipe the policy benchmarks were first measured with, not the paper's
+robotics recipe (which uses h0 = 0.15-0.2, rho = 1-1.25 and the linear path) nor Diffusion
+Policy's (AdamW 1e-4 with weight decay, cosine decay after a warm-up, EMA): they change only on
+the evidence of a multi-seed screen.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .._checks import is_int, positive_float
+from ..schedule import OUSchedule
+from ..training.loop import OptimConfig
+
+__all__ = ["PolicyRecipe", "PATHS", "NETWORKS", "LR_DECAYS"]
+
+#: ``path`` values: torchcfm's trigonometric (variance-preserving) path or its linear (OT) path, both sigma = 0.
+PATHS = ("trig", "linear")
+#: ``network`` values of a flow policy (the regression baseline is always an MLP).
+NETWORKS = ("mlp", "unet")
+#: ``lr_decay`` values.
+LR_DECAYS = ("none", "cosine")
+
+
+def _optional_float(text: str) -> Optional[float]:
+    """``"none"`` -> None, else a float (the command-line type of ``--ema-decay``)."""
+    return None if text.strip().lower() in ("none", "off") else float(text)
+
+
+def _knob(default, help: str, type=None, choices=None):
+    return field(default=default, metadata={"help": help, "type": type, "choices": choices})
+
+
+@dataclass(frozen=True)
+class PolicyRecipe:
+    """How a policy is built and trained. Every field is one command-line flag (``h0`` -> ``--h0``,
+    ``batch_size`` -> ``--batch-size``).
+
+    Attributes:
+        h0: first OU step of the LFM schedule ``OUSchedule(h0, rho, blocks)``. Default 0.3, the
+            paper's CIFAR-10 value (its robotics schedules use 0.15-0.2).
+        rho: growth factor of the LFM steps, ``h_k = h0 * rho^(k-1)``. Default 1.1 (paper,
+            robotics: 1-1.25).
+        blocks: LFM blocks N, the free block included. The global flow is always one block whose
+            network is widened until it has the LFM policy's parameter count.
+        path: probability path inside each block: ``"trig"`` (torchcfm's
+            ``VariancePreservingConditionalFlowMatcher(sigma=0)``, the package default) or
+            ``"linear"`` (``ConditionalFlowMatcher(sigma=0)``, the paper's choice for robotics).
+        network: velocity network of a flow policy: ``"mlp"`` or ``"unet"`` (1D temporal U-Net).
+        width: width of each LFM block (MLP width; the U-Net's largest channel count, a multiple
+            of 32) and of the regression MLP.
+        epochs: passes over the demo windows, spread evenly over the blocks (equal epochs for
+            every method).
+        batch_size: windows per optimizer step (capped at the number of windows).
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay; AdamW when > 0, else Adam.
+        warmup: batches of linear learning-rate warm-up at the start of every block.
+        lr_decay: ``"none"`` (constant) or ``"cosine"`` (to 0 over every block).
+        ema_decay: ``None`` (off) or a decay in (0, 1), e.g. 0.999: an exponential moving average
+            of each block's weights becomes its final weights.
+    """
+
+    h0: float = _knob(0.3, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
+    rho: float = _knob(1.1, "growth factor of the LFM steps, h_k = h0 * rho^(k-1) (paper, robotics: 1-1.25)", float)
+    blocks: int = _knob(4, "LFM blocks, the free one included (the global flow: 1 block, equal parameters)", int)
+    path: str = _knob("trig", "probability path in each block: trig (variance preserving) or linear (OT)",
+                      choices=PATHS)
+    network: str = _knob("mlp", "velocity network of the flow policies", choices=NETWORKS)
+    width: int = _knob(128, "LFM block width (the global network is widened to equal parameters)", int)
+    epochs: float = _knob(100.0, "passes over the demo windows, spread over the blocks", float)
+    batch_size: int = _knob(256, "windows per optimizer step", int)
+    lr: float = _knob(1e-3, "peak learning rate", float)
+    weight_decay: float = _knob(0.0, "AdamW weight decay (0: Adam)", float)
+    warmup: int = _knob(0, "batches of linear learning-rate warm-up at the start of every block", int)
+    lr_decay: str = _knob("none", "learning-rate decay over every block", choices=LR_DECAYS)
+    ema_decay: Optional[float] = _knob(None, "EMA decay of the weights, e.g. 0.999 (none: off)", _optional_float)
+
+    def __post_init__(self):
+        positive_float(self.h0, "h0")
+        positive_float(self.rho, "rho")
+        positive_float(self.epochs, "epochs")
+        for name in ("blocks", "width", "batch_size"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        for name, allowed in (("path", PATHS), ("network", NETWORKS), ("lr_decay", LR_DECAYS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.network == "unet" and self.width % 32:
+            raise ValueError(f"a U-Net's width must be a multiple of 32, got {self.width}")
+        self.optim  # checks lr, weight_decay, warmup and ema_decay
+        OUSchedule(self.h0, self.rho, self.blocks)  # checks that the steps stay finite
+
+    @property
+    def optim(self) -> OptimConfig:
+        """The optimizer settings of the recipe (as every trainer's step loop reads them)."""
+        ema = None if self.ema_decay is None else float(self.ema_decay)
+        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, lr_decay=self.decay, warmup=self.warmup,
+                           ema_decay=ema)
+
+    @property
+    def decay(self) -> Optional[str]:
+        """``lr_decay`` as the trainers take it: ``None`` or ``"cosine"``."""
+        return None if self.lr_decay == "none" else self.lr_decay
+
+    def schedule(self, method: str = "lfm") -> OUSchedule:
+        """The OU schedule of ``method``: ``OUSchedule(h0, rho, blocks)`` for ``"lfm"``, one block for ``"global"``."""
+        if method == "global":
+            return OUSchedule.global_flow()
+        if method != "lfm":
+            raise ValueError(f"only the flow methods 'lfm' and 'global' have a schedule, not {method!r}")
+        return OUSchedule(self.h0, self.rho, self.blocks)
+
+    def matcher(self):
+        """A new torchcfm matcher of ``path`` with sigma = 0."""
+        from torchcfm.conditional_flow_matching import (ConditionalFlowMatcher,
+                                                        VariancePreservingConditionalFlowMatcher)
+
+        cls = ConditionalFlowMatcher if self.path == "linear" else VariancePreservingConditionalFlowMatcher
+        return cls(sigma=0.0)
+
+    def fit_options(self) -> dict:
+        """Keywords of ``FlowPolicy.fit`` and ``RegressionPolicy.fit`` (add ``seed`` and ``progress``)."""
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
+                "warmup": self.warmup, "lr_decay": self.decay, "ema_decay": self.optim.ema_decay}
+
+    def replace(self, **changes) -> "PolicyRecipe":
+        """A copy with ``changes`` (checked like a new recipe)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values, one per field (what policy files and result files store)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PolicyRecipe":
+        """Read :meth:`to_dict`'s output; fields it lacks (written by older versions) take today's defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe fields {unknown}; this version knows {sorted(known)}")
+        return cls(**data)
+
+    # ------------------------------------------------------------------ command line
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per field, with the field's default and help."""
+        group = parser.add_argument_group("recipe", "how the policies are built and trained (PolicyRecipe)")
+        for f in dataclasses.fields(cls):
+            meta, flag = f.metadata, "--" + f.name.replace("_", "-")
+            shown = "none" if f.default is None else f.default
+            kwargs = {"choices": meta["choices"]} if meta["choices"] else {"type": meta["type"]}
+            group.add_argument(flag, dest=f.name, default=f.default, help=f"{meta['help']} (default: {shown})", **kwargs)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "PolicyRecipe":
+        """The recipe of parsed arguments (from a parser that :meth:`add_arguments` filled)."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
