@@ -15,7 +15,7 @@ import torch
 
 from torchcfm_local import datasets
 
-TOY2D = ["tree", "rose", "8gaussians", "moons", "checkerboard", "pinwheel", "2spirals", "rings"]
+TOY2D = ["tree", "rose", "8gaussians", "moons", "checkerboard", "pinwheel", "2spirals", "rings", "mixture_unequal"]
 MAF = ["power", "gas", "miniboone", "bsds300", "hepmass"]
 OFFLINE = ["bsds300_patches", "patches4x4", "patches3x3", "digits61", "breast_cancer"]
 MAF_FILES = {

@@ -13,7 +13,7 @@ from . import datasets
 from .checkpoint import CheckpointError
 from .composer import LocalFlowMatching
 from .distillation import DistilledSampler, DistillReport, ReflowReport, Segment, StageReport, distill, distill_plan, reflow
-from .metrics import energy_distance
+from .metrics import energy_distance, mode_weight_error
 from .likelihood import FlowDivergence, bits_per_dim, flow_divergence, log_prob, standard_normal_log_prob
 from .matchers import LocalBlockMatcher, exact_ot_pairing
 from .networks import MLP
@@ -44,6 +44,7 @@ __all__ = [
     "IntegrationStats",
     "CheckpointError",
     "energy_distance",
+    "mode_weight_error",
     "log_prob",
     "flow_divergence",
     "FlowDivergence",

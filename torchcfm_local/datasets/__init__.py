@@ -8,7 +8,8 @@
 Three families, one registry (:data:`REGISTRY`, name -> loader):
 
 * 2-D procedural densities (:mod:`.toy2d`): ``tree``, ``rose``, ``8gaussians``, ``moons``,
-  ``checkerboard``, ``pinwheel``, ``2spirals``, ``rings``; any size, defaults 100k / 10k / 10k.
+  ``checkerboard``, ``pinwheel``, ``2spirals``, ``rings``, ``mixture_unequal`` (7 Gaussians of known,
+  unequal weights, listed in ``info["modes"]``); any size, defaults 100k / 10k / 10k.
 * MAF tabular benchmarks read from files under ``root`` (:mod:`.tabular`): ``power`` (6-d), ``gas``
   (8), ``miniboone`` (43), ``bsds300`` (63), ``hepmass`` (21); full standard splits by default.
 * Offline stand-ins from scikit-learn's bundled data (:mod:`.offline`): ``bsds300_patches`` (63),

@@ -1,4 +1,4 @@
-"""Procedural 2-D densities: ``tree``, ``rose`` and the FFJORD-style toys.
+"""Procedural 2-D densities: ``tree``, ``rose``, the FFJORD-style toys and ``mixture_unequal``.
 
 Every sampler has the signature ``sample_<name>(n, rng) -> np.ndarray`` of shape ``(n, 2)``, float64,
 where ``rng`` is a ``numpy.random.Generator``.  The datasets live roughly in ``[-4, 4]^2`` with mean
@@ -9,6 +9,10 @@ same density and each is reproducible on its own.
 The toys follow the usual definitions of the continuous-normalizing-flow literature (FFJORD,
 Grathwohl et al. 2019): the constants (radii, noise scales, number of arms) are the customary ones and
 are written out in each docstring; the code is our own.
+
+Mixtures with known modes (``mixture_unequal``) record them in ``DatasetSplits.info["modes"]``
+(``centers``, ``weights``, ``std``; see :data:`MODES`), so that the mode weights of a model's samples
+can be checked with :func:`torchcfm_local.metrics.mode_weight_error`.
 """
 from __future__ import annotations
 
@@ -25,12 +29,15 @@ from .._checks import positive_int
 from ._common import DatasetSplits, check_dtype, check_n, check_seed, pack, split_rngs
 
 __all__ = [
+    "MODES",
     "SAMPLERS",
     "load_toy2d",
+    "mixture_unequal_modes",
     "sample",
     "sample_8gaussians",
     "sample_2spirals",
     "sample_checkerboard",
+    "sample_mixture_unequal",
     "sample_moons",
     "sample_pinwheel",
     "sample_rings",
@@ -241,6 +248,48 @@ def sample_rings(n: int, rng: np.random.Generator) -> np.ndarray:
     return pts + 0.08 * rng.standard_normal((n, 2))
 
 
+# ----------------------------------------------------------------------------------------------------
+# mixture with unequal, known weights
+# ----------------------------------------------------------------------------------------------------
+
+MIXTURE_UNEQUAL_WEIGHTS = (0.4, 0.2, 0.15, 0.1, 0.08, 0.05, 0.02)  # mode j's probability, sums to 1
+MIXTURE_UNEQUAL_RADIUS = 3.0  # the centres lie on this circle before centring
+MIXTURE_UNEQUAL_STD = 0.2     # isotropic std of every mode
+
+
+@functools.lru_cache(maxsize=None)
+def _mixture_unequal_geometry() -> tuple[np.ndarray, np.ndarray]:
+    weights = np.asarray(MIXTURE_UNEQUAL_WEIGHTS, dtype=np.float64)
+    angle = 2 * np.pi * np.arange(len(weights)) / len(weights)
+    centres = MIXTURE_UNEQUAL_RADIUS * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    centres = centres - (weights[:, None] * centres).sum(0)  # exact mean 0
+    for arr in (centres, weights):
+        arr.setflags(write=False)
+    return centres, weights
+
+
+def mixture_unequal_modes() -> dict:
+    """The modes of ``mixture_unequal``: ``centers`` ``(7, 2)``, ``weights`` ``(7,)`` (sum 1, read-only
+    arrays) and the common ``std``."""
+    centres, weights = _mixture_unequal_geometry()
+    return {"centers": centres, "weights": weights, "std": MIXTURE_UNEQUAL_STD}
+
+
+def sample_mixture_unequal(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Mixture of 7 isotropic Gaussians with unequal weights on a circle, ``(n, 2)``.
+
+    Mode ``j = 0..6`` has weight ``(0.4, 0.2, 0.15, 0.1, 0.08, 0.05, 0.02)[j]`` and centre
+    ``3 (cos(2 pi j / 7), sin(2 pi j / 7)) - m``, where ``m`` is the weighted mean of those points
+    (so the density has mean exactly 0); every mode has std 0.2. Neighbouring centres are 2.6 apart
+    (6.5 std to the midpoint), so assigning a point to its nearest centre recovers its mode almost
+    surely and the empirical mode frequencies estimate the weights (:func:`mixture_unequal_modes`).
+    A test of whether a sampler keeps rare modes (2% and 5%) at their weight.
+    """
+    centres, weights = _mixture_unequal_geometry()
+    j = rng.choice(len(weights), size=n, p=weights)
+    return centres[j] + MIXTURE_UNEQUAL_STD * rng.standard_normal((n, 2))
+
+
 SAMPLERS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
     "tree": sample_tree,
     "rose": sample_rose,
@@ -250,8 +299,13 @@ SAMPLERS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
     "pinwheel": sample_pinwheel,
     "2spirals": sample_2spirals,
     "rings": sample_rings,
+    "mixture_unequal": sample_mixture_unequal,
 }
 """Name -> sampler ``(n, rng) -> (n, 2) float64 array``."""
+
+MODES: dict[str, Callable[[], dict]] = {"mixture_unequal": mixture_unequal_modes}
+"""Name -> its known modes ``() -> {"centers": (K, 2), "weights": (K,), "std"}``, for mixtures whose
+component weights are known; :func:`load_toy2d` copies them into ``info["modes"]`` as lists."""
 
 
 def sample(name: str, n: int, seed: int = 0, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -286,4 +340,8 @@ def load_toy2d(name: str, *, root: str | os.PathLike | None = None, n_train: int
                           "train / val / test drawn independently with SeedSequence(seed).spawn(3)"],
         "seed": seed,
     }
+    if name in MODES:
+        modes = MODES[name]()
+        info["modes"] = {"centers": modes["centers"].tolist(), "weights": modes["weights"].tolist(),
+                         "std": float(modes["std"])}
     return pack(name, *arrays, info=info, dtype=dtype)
