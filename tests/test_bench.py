@@ -53,11 +53,21 @@ def test_matched_width_and_crossing():
     assert _crossing(curve, 1.0) is None
     from torchcfm_local.bench.report import summarize
 
-    runs = [dict(method=m, batches=b, curve_nll=v, params=1, test_nll=v, val_nll=v, energy_distance=0.0,
-                 sample_nfe=1, sample_seconds_per_1000=1.0, train_seconds=1.0, pushforward_seconds=0.0, eval_seconds=0.0)
-            for m, pts in (("global-trig", [(400, 2.0)]), ("lfm-trig", [(100, 1.9), (400, 1.5)])) for b, v in pts]
-    row = {r["method"]: r for r in summarize({"runs": runs})}["lfm-trig"]
-    assert row["batches_to_reference_nll"] == 100 and row["batches_to_reference_is_upper_bound"]
+    # (method, batches, curve NLL, train seconds, push seconds); 4 LFM blocks of 25 parameters, global 100
+    points = [("global-trig", 400, 2.0, 50.0, 0.0), ("lfm-trig", 100, 2.2, 4.0, 6.0), ("lfm-trig", 400, 1.6, 16.0, 14.0)]
+    runs = [dict(method=m, batches=b, curve_nll=v, params=100, test_nll=v, val_nll=v, energy_distance=0.0,
+                 sample_nfe=1, sample_seconds_per_1000=1.0, train_seconds=ts, pushforward_seconds=ps, eval_seconds=0.0)
+            for m, b, v, ts, ps in points]
+    rows = {r["method"]: r for r in summarize({"runs": runs, "n_blocks": 4, "batch_size": 10})}
+    row = rows["lfm-trig"]
+    # the LFM curve (batches 100 -> 400, seconds 10 -> 30) crosses NLL 2.0 a third of the way
+    assert row["batches_to_reference_nll"] == pytest.approx(200) and not row["batches_to_reference_is_upper_bound"]
+    assert row["batch_ratio_to_reference"] == pytest.approx(0.5)
+    assert row["seconds_to_reference_nll"] == pytest.approx(10 + 20 / 3)
+    assert row["seconds_ratio_to_reference"] == pytest.approx((10 + 20 / 3) / 50)
+    # each LFM batch trains one block (25 parameters); each global batch the whole network
+    assert row["train_gflops"] == pytest.approx(6 * 25 * 10 * 400 / 1e9)
+    assert rows["global-trig"]["train_gflops"] == pytest.approx(6 * 100 * 10 * 400 / 1e9)
 
 
 def test_width_for_parameters_is_the_closest_width():

@@ -70,7 +70,7 @@ def _synthetic(seed, shift):
                  train_seconds=b + shift, pushforward_seconds=0.5, eval_seconds=0.0)
             for m, curve in pts.items() for b, v in curve]
     return {"task": {"dataset": "toy"}, "budget": "smoke", "total_batches": 8, "n_blocks": 2, "seed": seed,
-            "runs": runs, "summary": summarize({"runs": runs})}
+            "runs": runs, "summary": summarize({"runs": runs, "n_blocks": 2, "batch_size": 3})}
 
 
 def test_aggregate_by_hand():
@@ -90,6 +90,11 @@ def test_aggregate_by_hand():
     assert lfm["reference"] == "global-linear" and lfm["batches_to_reference_nll"] == pytest.approx(4 + 4 / 3)
     assert lfm["batch_ratio_to_reference"] == pytest.approx((4 + 4 / 3) / 8)
     assert not lfm["batches_to_reference_is_upper_bound"]
+    # seconds (training + pushforward, mean over seeds) are batches + 4/3 + 0.5 for every method here
+    assert lfm["seconds_to_reference_nll"] == pytest.approx(4 + 4 / 3 + 4 / 3 + 0.5)
+    assert lfm["seconds_ratio_to_reference"] == pytest.approx((4 + 8 / 3 + 0.5) / (8 + 4 / 3 + 0.5))
+    assert lfm["train_gflops"] == pytest.approx(6 * 5 * 3 * 8 / 1e9)  # 2 blocks of 5 parameters, one per batch
+    assert rows["global-linear"]["train_gflops"] == pytest.approx(6 * 10 * 3 * 8 / 1e9)
     assert rows["lfm-trig"]["reference"] == "global-trig" and rows["lfm-trig"]["batches_to_reference_nll"] is None
     assert "not reached" in seeds_table({**results[0], "aggregate": agg, "dim": 2, "n_train": 1, "batch_size": 1,
                                          "lfm_width": 1, "depth": 1, "global_width": 1, "estimator": "exact",

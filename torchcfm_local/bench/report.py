@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["first_crossing", "compare_to_reference", "summarize", "run_heading", "format_reach", "markdown_table",
+__all__ = ["first_crossing", "train_gflops", "compare_to_reference", "summarize", "run_heading", "format_reach", "markdown_table",
            "write_run", "provenance", "write_results"]
 
 
@@ -37,7 +37,18 @@ def first_crossing(curve: list[tuple[float, float]], target: float) -> Optional[
     return None
 
 
-def _method_row(runs: list[dict]) -> dict:
+def train_gflops(params_per_batch: int, batch_size: int, batches: int) -> float:
+    """Training compute in GFLOPs: about 6 FLOPs per parameter and sample for a forward and backward pass.
+
+    ``params_per_batch``: the parameters one batch goes through: one block's for LFM (each batch
+    trains one block), the whole network for the global flow. At equal batches and equal total
+    parameters an N-block LFM therefore spends 1/N of the global flow's training compute (its
+    pushforward, counted in seconds, not here, comes on top).
+    """
+    return 6.0 * params_per_batch * batch_size * batches / 1e9
+
+
+def _method_row(runs: list[dict], n_blocks: int, batch_size: int) -> dict:
     """Summary of one method from its runs: the full-budget numbers and its learning curve."""
     mine = sorted(runs, key=lambda r: r["batches"])
     final = mine[-1]
@@ -46,28 +57,41 @@ def _method_row(runs: list[dict]) -> dict:
     row["train_seconds"] = final["train_seconds"]
     row["pushforward_seconds"] = final["pushforward_seconds"]
     row["total_seconds"] = final["train_seconds"] + final["pushforward_seconds"] + (final["eval_seconds"] or 0)
+    per_batch = final["params"] // n_blocks if row["method"].startswith("lfm") else final["params"]
+    row["train_gflops"] = train_gflops(per_batch, batch_size, final["batches"])
     row["curve"] = [(r["batches"], r["curve_nll"]) for r in mine]
+    row["curve_seconds"] = [r["train_seconds"] + r["pushforward_seconds"] for r in mine]
     return row
 
 
 def compare_to_reference(row: dict, rows: list[dict]) -> None:
-    """Add to an LFM row the batches it needed to reach the final curve NLL of the global flow on its path.
+    """Add to an LFM row the batches, and the seconds, it needed to reach the final curve NLL of the
+    global flow on its path.
 
-    A row needs ``method``, ``batches`` and ``curve`` (``[(batches, NLL), ...]``, batches
-    ascending); the keys added are ``reference``, ``batches_to_reference_nll``,
-    ``batches_to_reference_is_upper_bound`` and ``batch_ratio_to_reference``. Nothing is added when
-    ``rows`` has no ``global-<path>`` row.
+    A row needs ``method``, ``batches``, ``curve`` (``[(batches, NLL), ...]``, batches ascending)
+    and ``curve_seconds`` (training + pushforward seconds of each curve point); the keys added are
+    ``reference``, ``batches_to_reference_nll``, ``batches_to_reference_is_upper_bound``,
+    ``batch_ratio_to_reference`` and the same three for seconds (``seconds_to_reference_nll``,
+    ``seconds_to_reference_is_upper_bound``, ``seconds_ratio_to_reference``: against the global
+    flow's training seconds, the equal-wall-clock view). Nothing is added when ``rows`` has no
+    ``global-<path>`` row.
     """
     ref_name = "global-" + row["method"].split("-", 1)[1]
     ref = next((r for r in rows if r["method"] == ref_name), None)
     if ref is None:
         return
-    reached = first_crossing(row["curve"], ref["curve"][-1][1])
+    target = ref["curve"][-1][1]
     row["reference"] = ref_name
-    row["batches_to_reference_nll"] = reached
-    # reached at the first measured point: the true number may be smaller
-    row["batches_to_reference_is_upper_bound"] = reached is not None and reached == row["curve"][0][0]
-    row["batch_ratio_to_reference"] = None if reached is None else reached / ref["batches"]
+    for unit, xs, ref_total in (("batches", [b for b, _ in row["curve"]], ref["batches"]),
+                                ("seconds", row.get("curve_seconds"), (ref.get("curve_seconds") or [None])[-1])):
+        if xs is None or ref_total is None:
+            continue
+        reached = first_crossing(list(zip(xs, (v for _, v in row["curve"]))), target)
+        row[f"{unit}_to_reference_nll"] = reached
+        # reached at the first measured point: the true number may be smaller
+        row[f"{unit}_to_reference_is_upper_bound"] = reached is not None and reached == xs[0]
+        row[f"{'batch' if unit == 'batches' else unit}_ratio_to_reference"] = (
+            None if reached is None else reached / ref_total)
 
 
 def summarize(result: dict) -> list[dict]:
@@ -80,7 +104,7 @@ def summarize(result: dict) -> list[dict]:
     """
     runs = result["runs"]
     methods = list(dict.fromkeys(r["method"] for r in runs))
-    rows = [_method_row([r for r in runs if r["method"] == m]) for m in methods]
+    rows = [_method_row([r for r in runs if r["method"] == m], result["n_blocks"], result["batch_size"]) for m in methods]
     for row in rows:
         if row["method"].startswith("lfm"):
             compare_to_reference(row, rows)
@@ -96,25 +120,27 @@ def run_heading(result: dict, seeds_note: str) -> str:
             f"dopri5 1e-5); energy distance to {result['n_test']} test points\n")
 
 
-def format_reach(row: dict) -> str:
-    """The "batches to global NLL" cell of a row (``-`` for rows without a reference)."""
-    if "batch_ratio_to_reference" not in row:
+def format_reach(row: dict, unit: str = "batches") -> str:
+    """The "batches (or seconds) to global NLL" cell of a row (``-`` for rows without a reference)."""
+    ratio_key = f"{'batch' if unit == 'batches' else unit}_ratio_to_reference"
+    if ratio_key not in row:
         return "-"
-    ratio = row["batch_ratio_to_reference"]
-    bound = "<= " if row["batches_to_reference_is_upper_bound"] else ""
-    return "not reached" if ratio is None else f"{bound}{row['batches_to_reference_nll']:.0f} ({bound}{ratio:.2f}x)"
+    ratio = row[ratio_key]
+    bound = "<= " if row[f"{unit}_to_reference_is_upper_bound"] else ""
+    return "not reached" if ratio is None else f"{bound}{row[f'{unit}_to_reference_nll']:.0f} ({bound}{ratio:.2f}x)"
 
 
 def markdown_table(result: dict) -> str:
     """The summary of a one-seed task run as a markdown heading, table and learning-curve line."""
     rows = result["summary"]
     lines = [run_heading(result, f"one seed: {result.get('seed')}"),
-             "| method | params | test NLL | val NLL | energy dist. | NFE/sample | train s | push s | total s | batches to global NLL |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | params | test NLL | val NLL | energy dist. | NFE/sample | train s | push s | total s | train GFLOPs "
+             "| batches to global NLL | seconds to global NLL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['params']} | {r['test_nll']:.4f} | {r['val_nll']:.4f} | {r['energy_distance']:.4f} "
                      f"| {r['sample_nfe']:.0f} | {r['train_seconds']:.1f} | {r['pushforward_seconds']:.1f} "
-                     f"| {r['total_seconds']:.1f} | {format_reach(r)} |")
+                     f"| {r['total_seconds']:.1f} | {r['train_gflops']:.3g} | {format_reach(r)} | {format_reach(r, 'seconds')} |")
     lines.append("")
     lines.append("Learning curves (batches: NLL on the held-out curve subset): " + "; ".join(
         f"{r['method']}: " + ", ".join(f"{b}: {v:.3f}" for b, v in r["curve"]) for r in rows))

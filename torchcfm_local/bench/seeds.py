@@ -106,7 +106,8 @@ def _check_comparable(results: list[dict]) -> None:
 def _method_row(method: str, results: list[dict]) -> dict:
     """One method over seeds: mean ± SE of :data:`METRICS` and the mean learning curve (with SE and seconds)."""
     rows = [next(row for row in r["summary"] if row["method"] == method) for r in results]
-    out = {"method": method, "params": rows[0]["params"], "batches": rows[0]["batches"], "n_seeds": len(rows)}
+    out = {"method": method, "params": rows[0]["params"], "batches": rows[0]["batches"], "n_seeds": len(rows),
+           "train_gflops": rows[0].get("train_gflops")}  # the same for every seed
     for name in METRICS:
         if name == "train_push_seconds":
             out[name] = mean_se([row["train_seconds"] + row["pushforward_seconds"] for row in rows])
@@ -186,14 +187,16 @@ def seeds_table(record: dict) -> str:
     n, seeds = agg["n_seeds"], ", ".join(map(str, agg["seeds"]))
     lines = [run_heading(record, f"{n} seeds: {seeds}"),
              f"Mean ± standard error over {n} seeds (SE = sample std / sqrt({n})); each seed draws its own data "
-             "subsets and initializations. Batches to global NLL: on the mean learning curves.\n",
+             "subsets and initializations. Batches and seconds (training + pushforward) to global NLL: on the mean "
+             "learning curves; train GFLOPs: 6 x parameters per batch x batch size x batches.\n",
              "| method | params | seeds | test NLL | val NLL | energy dist. | NFE/sample | train+push s "
-             "| batches to global NLL |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| train GFLOPs | batches to global NLL | seconds to global NLL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in agg["methods"]:
+        flops = "-" if r.get("train_gflops") is None else f"{r['train_gflops']:.3g}"
         lines.append(f"| {r['method']} | {r['params']} | {r['n_seeds']} | {_pm(r['test_nll'], 4)} "
                      f"| {_pm(r['val_nll'], 4)} | {_pm(r['energy_distance'], 4)} | {_pm(r['sample_nfe'], 1)} "
-                     f"| {_pm(r['train_push_seconds'], 1)} | {format_reach(r)} |")
+                     f"| {_pm(r['train_push_seconds'], 1)} | {flops} | {format_reach(r)} | {format_reach(r, 'seconds')} |")
     if agg["paired"]:
         lines += ["", "Paired differences over seeds (same seed = same data subsets; negative: LFM is better):", "",
                   "| LFM - global | test NLL | energy dist. | seeds |", "|---|---|---|---|"]
