@@ -70,6 +70,11 @@ class BlockReport:
         train_seconds: wall time of the optimizer steps.
         pushforward_seconds: wall time of pushing the pool through the block (0 if not done).
         pushforward_nfe: network evaluations per sample path in that pushforward.
+        pushforward_steps: RK4 steps chosen for the pushforward by ``pushforward_tol`` (``None``:
+            the fixed ``pushforward_ode`` was used, or nothing was pushed).
+        pushforward_error: estimated RMS error of that pushforward relative to the block's OU
+            noise scale (``None`` when the steps were not chosen).
+        pushforward_probe_seconds: the part of ``pushforward_seconds`` spent choosing the steps.
         pool: statistics of the pushed pool against N(0, I) (``None`` if not pushed).
         resumed_from: the batch this block resumed at (0 for a fresh start).
     """
@@ -83,6 +88,9 @@ class BlockReport:
     pushforward_nfe: float = 0.0
     pool: Optional[PoolStats] = None
     resumed_from: int = 0
+    pushforward_steps: Optional[int] = None
+    pushforward_error: Optional[float] = None
+    pushforward_probe_seconds: float = 0.0
 
     @property
     def final_loss(self) -> float:
@@ -108,8 +116,9 @@ class FitReport:
     def summary(self) -> str:
         """A markdown table, one row per block."""
         rows = [
-            "| block | h | batches | final loss | train s | push s | push NFE | pool mean rms | pool cov err | pool KL |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| block | h | batches | final loss | train s | push s | push NFE | push steps (rel. err) | pool mean rms "
+            "| pool cov err | pool KL |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
 
         def fmt(v, spec=".4f"):
@@ -117,9 +126,10 @@ class FitReport:
 
         for b in self.blocks:
             p = b.pool
+            steps = "-" if b.pushforward_steps is None else f"{b.pushforward_steps} ({b.pushforward_error:.2g})"
             rows.append(
                 f"| {b.block} | {'free' if math.isinf(b.h) else format(b.h, '.4g')} | {b.batches} | {b.final_loss:.4f} "
-                f"| {b.train_seconds:.1f} | {b.pushforward_seconds:.1f} | {b.pushforward_nfe:.1f} "
+                f"| {b.train_seconds:.1f} | {b.pushforward_seconds:.1f} | {b.pushforward_nfe:.1f} | {steps} "
                 f"| {fmt(p and p.mean_rms)} | {fmt(p and p.cov_rms_err)} | {fmt(p and p.gaussian_kl)} |"
             )
         return "\n".join(rows)

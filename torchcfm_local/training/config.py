@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from .._checks import per_item_ints, positive_int
+from .._checks import per_item_ints, positive_float, positive_int
 from ..solvers import ODEOptions
 from .loop import OptimConfig
 
-__all__ = ["FitConfig", "PUSHFORWARD_ODE", "POOL_MODES"]
+__all__ = ["FitConfig", "PUSHFORWARD_ODE", "PUSHFORWARD_TOL", "POOL_MODES"]
 
 #: Where block n's data-side training samples come from (``FitConfig.pool``).
 POOL_MODES = ("pushforward", "ou")
@@ -25,6 +25,11 @@ POOL_MODES = ("pushforward", "ou")
 #: the error of 8 RK4 steps on a short local block; ``benchmarks/bench_core.py`` measures that
 #: error against a tight adaptive solve (its result file: ``benchmarks/results/core.md``).
 PUSHFORWARD_ODE = ODEOptions(solver="rk4", steps=8)
+
+#: Default ``FitConfig.pushforward_tol``: RK4 steps per block chosen so that the pushforward's RMS
+#: error is at most 1% of the block's OU noise scale (:mod:`torchcfm_local.training.steps` gives
+#: the reasoning).
+PUSHFORWARD_TOL = 0.01
 
 _NO_LEGACY = object()
 
@@ -56,7 +61,15 @@ class FitConfig:
         resume: continue the run in ``checkpoint_dir`` (finished blocks are not redone; an
             interrupted block restarts from its last ``progress.pt``). Starts fresh if the
             directory holds no run. Without it, a directory that holds a run is an error.
-        pushforward_ode: ODE options of the pool pushforward (default :data:`PUSHFORWARD_ODE`).
+        pushforward_ode: ODE options of the pool pushforward, used as given for every block. When
+            it is not given, ``pushforward_tol`` picks RK4 steps per block (or, with
+            ``pushforward_tol=None``, :data:`PUSHFORWARD_ODE` is used).
+        pushforward_tol: after training each block, measure the error of 1, 2, 4, ... RK4 steps
+            on a probe of the pool and push with the fewest steps whose RMS error is at most
+            ``pushforward_tol`` times the block's OU noise scale ``sqrt(1 - e^{-2h})``
+            (:func:`torchcfm_local.training.steps.choose_steps`); the block report records the
+            steps and the error. Default :data:`PUSHFORWARD_TOL`; ignored when ``pushforward_ode``
+            is given.
         chunk_size: samples per pushforward chunk (bounds memory); default: the model's.
         encode_final_pool: also push the pool through the last block to report how close the
             encoded training data is to N(0, I). Default (``None``): with ``pool="pushforward"``
@@ -110,6 +123,7 @@ class FitConfig:
     checkpoint_every: int = 500
     resume: bool = False
     pushforward_ode: Union[ODEOptions, str, dict, None] = _option(None, run=True)
+    pushforward_tol: Optional[float] = _option(PUSHFORWARD_TOL, run=True, legacy=None)
     chunk_size: Optional[int] = _option(None, run=True)
     encode_final_pool: Optional[bool] = None
     progress: bool = True
@@ -142,6 +156,11 @@ class FitConfig:
         if self.encode_final_pool is None:
             self.encode_final_pool = self.pool == "pushforward"
         self.optim  # validates the optimizer settings
+        if self.pushforward_ode is not None:
+            self.pushforward_tol = None  # an explicit solver is used as given
+        elif self.pushforward_tol is not None:
+            positive_float(self.pushforward_tol, "pushforward_tol")
+            self.pushforward_tol = float(self.pushforward_tol)
         self.pushforward_ode = ODEOptions.coerce(self.pushforward_ode, PUSHFORWARD_ODE)
 
     @property

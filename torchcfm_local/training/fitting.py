@@ -144,7 +144,7 @@ class _FitRun:
         if rows is None:
             pool = TrainingPool.initial(lfm, x, cond, dist, chunk, config.pushforward_ode, pool_dir=config.pool_dir,
                                         data_id=data_id + lfm.standardizer.fingerprint(), run_id=run_id,
-                                        push=config.pool == "pushforward")
+                                        push=config.pool == "pushforward", tol=config.pushforward_tol)
         else:
             pool = TrainingPool(rows, cond, dist, chunk)
         run = cls(lfm, config, dist, ckpt, pool, settings, data_id, seed, run_id, gen_idx, gen_noise, progress)
@@ -177,8 +177,11 @@ class _FitRun:
         report = BlockReport(n, lfm.schedule.step(n), loop.step, loop.losses, loop.seconds,
                              resumed_from=loop.resumed_from)
         if self.pushes and (n < lfm.n_blocks or config.encode_final_pool):
-            report.pushforward_seconds, report.pushforward_nfe, report.pool = self.pool.push(
-                lfm, n, config.pushforward_ode, config.progress)
+            report.pushforward_seconds, report.pushforward_nfe, report.pool, choice = self.pool.push(
+                lfm, n, config.pushforward_ode, config.progress, tol=config.pushforward_tol)
+            if choice is not None:
+                report.pushforward_steps, report.pushforward_error = choice.steps, choice.error
+                report.pushforward_probe_seconds = choice.seconds
         if self.pushes and n < lfm.n_blocks and self.pool.in_memory:
             self.ckpt.save_pool(self.pool.rows, n, self.data_id)
         self.save_model()

@@ -22,6 +22,7 @@ from ..pool import MemmapPool, PoolDirError
 from ..reports import PoolStats, pool_stats
 from ..schedule import ou_step
 from ..solvers import ODEOptions
+from .steps import StepChoice, choose_steps, rk4
 
 __all__ = ["TrainingPool", "fingerprint", "ou_marginal"]
 
@@ -87,12 +88,12 @@ class TrainingPool:
     @classmethod
     def initial(cls, model, x: torch.Tensor, cond, dist: DistContext, chunk_size: int, ode: ODEOptions, *,
                 pool_dir=None, data_id: Optional[list] = None, run_id: Optional[str] = None,
-                push: bool = True) -> "TrainingPool":
+                push: bool = True, tol: Optional[float] = None) -> "TrainingPool":
         """The data (standardized by ``model.standardizer``) pushed through the blocks ``model``
         already has (none unless ``push``): a private tensor copy of ``x``, or a :class:`MemmapPool`
         in ``pool_dir`` (reused when it holds ``x``, or ``x`` pushed through some of the trained
         blocks by the same run ``run_id``). ``x`` is already checked; ``data_id`` identifies ``x``
-        and the standardization (default: computed here)."""
+        and the standardization (default: computed here); ``tol``: as in :meth:`push`."""
         through = model.n_trained if push else 0
         if pool_dir is None:
             pool, done = cls(_standardized_copy(model, x, chunk_size), cond, dist, chunk_size), 0
@@ -101,17 +102,25 @@ class TrainingPool:
             rows = _open_memmap(model, Path(pool_dir), x, chunk_size, dist, data_id, run_id, through)
             pool, done = cls(rows, cond, dist, chunk_size), rows.after_block
         for n in range(done + 1, through + 1):  # block by block, as during training: same chunks, same result
-            pool.push(model, n, ode, progress=False, stats=False)
+            pool.push(model, n, ode, progress=False, stats=False, tol=tol)
         return pool
 
-    def push(self, model, n: int, ode: ODEOptions, progress: bool = False,
-             stats: bool = True) -> tuple[float, float, Optional[PoolStats]]:
+    def push(self, model, n: int, ode: ODEOptions, progress: bool = False, stats: bool = True,
+             tol: Optional[float] = None) -> tuple[float, float, Optional[PoolStats], Optional[StepChoice]]:
         """Push the rows through block ``n`` (data -> noise), each rank its shard, then :meth:`commit`.
 
+        ``tol``: instead of ``ode``, RK4 with the step count :func:`~.steps.choose_steps` picks for
+        this block on these rows (the same on every rank: rank 0's choice is broadcast).
+
         Returns:
-            ``(seconds, NFE per row, PoolStats of the result or None)``.
+            ``(seconds, NFE per row, PoolStats of the result or None, the StepChoice or None)``.
         """
         start = time.perf_counter()
+        choice = None
+        if tol is not None:
+            choice = choose_steps(model, n, self.rows, self.cond, tol, self.chunk_size) if self.dist.is_main else None
+            choice = self.dist.broadcast_object(choice)
+            ode = rk4(choice.steps)
         desc = f"block {n}/{model.n_blocks} pushforward" if progress and self.dist.is_main else None
         out = self.rows if self.in_memory else self.rows.target()
         _, nfe = model.transport(
@@ -122,7 +131,7 @@ class TrainingPool:
         )
         self.commit(n)
         summary = self.dist.broadcast_object(pool_stats(self.rows) if stats and self.dist.is_main else None)
-        return time.perf_counter() - start, nfe[0], summary
+        return time.perf_counter() - start, nfe[0], summary, choice
 
     def commit(self, after_block: int):
         """Finish a sharded write: every rank sees every row afterwards."""

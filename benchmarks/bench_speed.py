@@ -1,0 +1,136 @@
+"""Where a fit's time goes on the paper's 2D tree setting, and what measured pushforward steps save.
+
+One run per (pushforward mode, path, seed) on ``tl.datasets.load("tree")`` at 200k training / 10k
+test points, the 2D schedule of ``lfm-bench`` (9 blocks, ``h_n = 0.025 * 1.25**(n-1)``), MLP 256 x 3,
+500 batches of 2000 per block. Modes:
+
+* ``fixed8``: the pushforward with 8 RK4 steps per block (the default before ``pushforward_tol``);
+* ``tol``: ``fit``'s default, RK4 steps chosen per block by measured error (``pushforward_tol``);
+* ``ou``: ``pool="ou"``, no pushforward at all.
+
+Per run it records the seconds of training steps, pushforward and test-NLL evaluation (dopri5 at
+1e-5, exact divergence) and their shares of the total, the steps chosen per block with their
+estimated error, the bare forward pass's and the pushforward's network evaluations per second
+(and their ratio), and the test NLL, so that a speed-up that costs accuracy shows.
+
+    python benchmarks/bench_speed.py --modes fixed8,tol --paths linear,trig --seeds 0,1,2
+    # writes benchmarks/results/speed.{json,md}
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+import torchcfm_local as tl
+from torchcfm_local.bench.protocol import EVAL_ODE
+from torchcfm_local.bench.registry import METHODS, TASKS
+from torchcfm_local.bench.report import write_results
+from torchcfm_local.bench.seeds import mean_se
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODES = {"fixed8": {"pushforward_tol": None}, "tol": {}, "ou": {"pool": "ou"}}
+
+
+def bare_forward_rate(net: torch.nn.Module, dim: int, rows: int, chunk: int = 8192, repeats: int = 3) -> float:
+    """Network evaluations per second of a plain ``no_grad`` forward pass over ``rows`` points in chunks."""
+    x, t = torch.randn(rows, dim), torch.rand(chunk)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for i in range(0, rows, chunk):
+                part = x[i : i + chunk]
+                net(t[: part.shape[0]], part)
+            best = min(best, time.perf_counter() - start)
+    return rows / best
+
+
+def run_one(data, mode: str, path: str, seed: int, args) -> dict:
+    torch.manual_seed(seed)
+    lfm = tl.LocalFlowMatching(2, tl.OUSchedule.from_steps(TASKS["tree"].steps), METHODS[f"lfm-{path}"].matcher(),
+                               lambda n: tl.MLP(2, width=args.width, depth=3))
+    start = time.perf_counter()
+    report = lfm.fit(data.train, batches_per_block=args.batches, batch_size=args.batch_size, seed=seed,
+                     progress=False, **MODES[mode])
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    nll = -float(lfm.log_prob(data.test, ode=EVAL_ODE).mean())
+    eval_s = time.perf_counter() - start
+    train_s = sum(b.train_seconds for b in report.blocks)
+    push_s = sum(b.pushforward_seconds for b in report.blocks)
+    push_evals = sum(b.pushforward_nfe for b in report.blocks) * data.train.shape[0]
+    probe_s = sum(b.pushforward_probe_seconds for b in report.blocks)
+    total = fit_s + eval_s
+    row = {"mode": mode, "path": path, "seed": seed, "test_nll": nll, "total_s": total, "train_s": train_s,
+           "push_s": push_s, "eval_s": eval_s, "push_eval_share": (push_s + eval_s) / total,
+           "push_steps": [b.pushforward_steps for b in report.blocks],
+           "push_error": [b.pushforward_error for b in report.blocks],
+           "probe_s": probe_s, "push_rate": push_evals / (push_s - probe_s) if push_s else None,
+           "bare_rate": bare_forward_rate(lfm.nets[0], 2, min(data.train.shape[0], 200_000))}
+    row["push_vs_bare"] = row["push_rate"] / row["bare_rate"] if row["push_rate"] else None
+    return row
+
+
+def _fmt(stat: dict, digits: int) -> str:
+    return f"{stat['mean']:.{digits}f}" + ("" if stat["se"] is None else f" ± {stat['se']:.{digits}f}")
+
+
+def markdown(rows: list[dict], args) -> str:
+    lines = [f"# Fit time on the tree setting ({args.n_train} train / {args.n_test} test, 9 blocks, MLP {args.width}x3, "
+             f"{args.batches} batches of {args.batch_size} per block)", "",
+             "Seconds and test NLL: mean ± SE over seeds (n in the last column). push+eval share: pushforward and "
+             "test-NLL evaluation as a share of the total. push/bare: the pushforward's network evaluations per second "
+             "over a bare forward pass's at the same chunk (8192 rows), without the time spent choosing the steps "
+             "(included in push s).", "",
+             "| mode | path | test NLL | total s | train s | push s | eval s | push+eval share | push/bare | n |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["mode"], r["path"]), []).append(r)
+    for (mode, path), group in groups.items():
+        s = {k: mean_se([g[k] for g in group]) for k in ("test_nll", "total_s", "train_s", "push_s", "eval_s",
+                                                        "push_eval_share")}
+        ratio = [g["push_vs_bare"] for g in group if g["push_vs_bare"] is not None]
+        lines.append(f"| {mode} | {path} | {_fmt(s['test_nll'], 4)} | {_fmt(s['total_s'], 1)} | {_fmt(s['train_s'], 1)} "
+                     f"| {_fmt(s['push_s'], 1)} | {_fmt(s['eval_s'], 1)} | {_fmt(s['push_eval_share'], 2)} "
+                     f"| {(sum(ratio) / len(ratio)) if ratio else float('nan'):.2f} | {len(group)} |")
+    lines += ["", "RK4 steps chosen per block (block 1 first; estimated RMS error relative to the block's OU noise "
+              "scale in brackets, largest over the blocks):", "", "| mode | path | seed | steps | max rel. error |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        if any(s is not None for s in r["push_steps"]):
+            errors = [e for e in r["push_error"] if e is not None]
+            lines.append(f"| {r['mode']} | {r['path']} | {r['seed']} | {', '.join(str(s) for s in r['push_steps'])} "
+                         f"| {max(errors):.2g} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default="fixed8,tol")
+    parser.add_argument("--paths", default="linear,trig")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--n-train", type=int, default=200_000)
+    parser.add_argument("--n-test", type=int, default=10_000)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--name", default="speed")
+    args = parser.parse_args(argv)
+    data = tl.datasets.load("tree", n_train=args.n_train, n_test=args.n_test, seed=0)
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for path in args.paths.split(","):
+            for mode in args.modes.split(","):
+                rows.append(run_one(data, mode, path, seed, args))
+                r = rows[-1]
+                print(f"{mode} {path} seed {seed}: nll {r['test_nll']:.4f} total {r['total_s']:.0f}s "
+                      f"push {r['push_s']:.0f}s eval {r['eval_s']:.0f}s steps {r['push_steps']}", flush=True)
+                write_results(RESULTS, args.name, {"rows": rows, "args": vars(args)}, markdown(rows, args))
+
+
+if __name__ == "__main__":
+    main()
