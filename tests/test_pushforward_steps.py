@@ -8,7 +8,7 @@ from torchcfm.conditional_flow_matching import VariancePreservingConditionalFlow
 import torchcfm_local as tl
 from torchcfm_local.training import FitConfig
 from torchcfm_local.training.config import PUSHFORWARD_TOL
-from torchcfm_local.training.steps import CANDIDATE_STEPS, REFERENCE_STEPS, choose_steps, ou_noise_scale
+from torchcfm_local.training.steps import CANDIDATE_STEPS, PROBE_ROWS, REFERENCE_STEPS, choose_steps, ou_noise_scale
 
 FIT = dict(batches_per_block=60, batch_size=128, seed=0, progress=False)
 
@@ -43,8 +43,8 @@ def test_choice_is_the_fewest_steps_within_tolerance_and_its_error_is_honest():
         smaller = [k for k in choice.tried if k < choice.steps]
         assert smaller == [k for k in CANDIDATE_STEPS if k < choice.steps]
         assert all(choice.tried[k] > tol for k in smaller)
-        # the estimate against 64 RK4 steps agrees with the error against a tight adaptive solve
-        probe = rows[torch.linspace(0, len(rows) - 1, 512).round().long().unique()]
+        # the estimate against the reference RK4 steps agrees with the error against a tight adaptive solve
+        probe = rows[torch.linspace(0, len(rows) - 1, PROBE_ROWS).round().long().unique()]
         pushed = lfm.transport(probe, [1], False, tl.ODEOptions(solver="rk4", steps=choice.steps), 4096)[0]
         exact = lfm.double().transport(probe.double(), [1], False, tl.ODEOptions(solver="dopri5", atol=1e-10, rtol=1e-10),
                                        4096)[0]
