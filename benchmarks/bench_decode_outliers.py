@@ -24,7 +24,7 @@ from torchcfm_local.bench.report import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = {"silu-fourier": ("silu", 4), "silu-raw": ("silu", 0), "softplus20-fourier": ("softplus20", 4),
-            "softplus20-raw": ("softplus20", 0)}
+            "softplus20-raw": ("softplus20", 0), "softplus20-f1": ("softplus20", 1), "softplus20-f2": ("softplus20", 2)}
 
 
 def run_one(data, activation: str, n_freq: int, batches: int, seed: int) -> dict:

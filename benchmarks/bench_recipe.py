@@ -36,6 +36,8 @@ VARIANTS = {
     "silu-raw": {"mlp": {"activation": "silu", "n_freq": 0}},
     "softplus20-raw": {"mlp": _SOFTPLUS},
     "softplus20-fourier": {"mlp": {"activation": "softplus20", "n_freq": 4}},
+    "softplus20-f1": {"mlp": {"activation": "softplus20", "n_freq": 1}},
+    "softplus20-f2": {"mlp": {"activation": "softplus20", "n_freq": 2}},
     "relu-raw": {"mlp": {"activation": "relu", "n_freq": 0}},
     "gelu-raw": {"mlp": {"activation": "gelu", "n_freq": 0}},
     "softplus20-raw+std": {"mlp": _SOFTPLUS, "fit": {"standardize": "diagonal"}},

@@ -30,11 +30,15 @@ class MLP(nn.Module):
     ``width`` units; output reshaped to ``x``'s shape. The reference LFM runs use width 256 with
     3-5 hidden layers.
 
-    ``activation="softplus20"`` (the LFM reference code's) gave a lower 2D test NLL for global flows
-    and LFM alike in the screen of ``benchmarks/bench_recipe.py`` (``benchmarks/results/recipe_quick.md``);
-    it is not the default yet because the benchmark's evaluation took much longer with it (not yet
-    measured in isolation). Keep the Fourier time features: without them (``n_freq=0``), briefly
-    trained LFM chains sent some samples far outside the data when decoding (``decode_outliers.md``).
+    Defaults, from the screen of ``benchmarks/bench_recipe.py`` (results and discussion in
+    ``benchmarks/results/README.md``, section "Velocity network"): ``Softplus(beta=20)`` (the LFM
+    reference code's activation) with one time frequency. Against SiLU with four frequencies it
+    gave every method, global flows and LFM alike, a lower test NLL in 2D and the global flows a
+    much lower one on image patches, at a similar solver effort. Higher frequencies
+    (:math:`4\pi, 8\pi`) make Softplus fields change fast in ``t``, so the adaptive solver needs
+    many more steps (``benchmarks/results/eval_cost.md``); raw time alone (``n_freq=0``) let briefly
+    trained LFM chains decode some noise far outside the data
+    (``benchmarks/results/decode_outliers.md``).
 
     Args:
         dim: flattened data dimension ``D`` (``prod(shape)`` for shaped data).
@@ -48,7 +52,7 @@ class MLP(nn.Module):
             :class:`~torchcfm_local.LocalFlowMatching` passes ``cond_dim + 1`` features.
     """
 
-    def __init__(self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 4, activation: str = "silu",
+    def __init__(self, dim: int, width: int = 256, depth: int = 3, n_freq: int = 1, activation: str = "softplus20",
                  cond_features: int = 0):
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("n_freq", n_freq, 0),
