@@ -426,3 +426,22 @@ def test_bench_task_mlp_options_reach_both_sides():
     for model, params in ((lfm, setup.block_params), (glob, setup.global_params)):
         assert all(isinstance(n.net[1], torch.nn.Softplus) and n.config["n_freq"] == 0 for n in model.nets)
         assert count_parameters(model.nets[0]) == params
+
+
+def test_softplus20_matches_softplus_without_subnormals():
+    """The clamp at -2 changes Softplus(beta=20) by less than float32 can see, and no output or slope
+    is subnormal (CPU arithmetic on subnormals is many times slower)."""
+    act = tl.networks.Softplus20()
+    u = torch.linspace(-30, 30, 60001, dtype=torch.float32, requires_grad=True)
+    y = act(u)
+    (grad,) = torch.autograd.grad(y.sum(), u)
+    ref = torch.nn.Softplus(beta=20.0)(u.double().detach())
+    ref_grad = torch.sigmoid(20 * u.double().detach())
+    assert (y.double() - ref).abs().max() < 1e-6 * ref.abs().clamp(min=1).max()
+    assert (grad.double() - ref_grad).abs().max() < 1e-6
+    tiny = torch.finfo(torch.float32).tiny  # smallest normal float32
+    for values in (y, grad):
+        nonzero = values[values != 0].abs()
+        assert (nonzero >= tiny).all()
+    plain = torch.nn.Softplus(beta=20.0)(u.detach())
+    assert ((plain != 0) & (plain.abs() < tiny)).any()  # the plain module does produce subnormals here
