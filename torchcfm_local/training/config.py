@@ -20,10 +20,10 @@ __all__ = ["FitConfig", "PUSHFORWARD_ODE", "PUSHFORWARD_TOL", "POOL_MODES"]
 #: Where block n's data-side training samples come from (``FitConfig.pool``).
 POOL_MODES = ("pushforward", "ou")
 
-#: Default solver of the training pushforward: 8 RK4 steps (32 evaluations per block). The pool
-#: only has to be accurate relative to the noise each OU step adds, which is much larger than
-#: the error of 8 RK4 steps on a short local block; ``benchmarks/bench_core.py`` measures that
-#: error against a tight adaptive solve (its result file: ``benchmarks/results/core.md``).
+#: Solver of the training pushforward when ``pushforward_tol=None`` (and of :func:`train_blocks
+#: <torchcfm_local.training.blocks.train_blocks>`): 8 RK4 steps (32 evaluations per block), the
+#: fixed default before the steps were chosen by measured error. ``benchmarks/bench_core.py``
+#: measures its error against a tight adaptive solve (``benchmarks/results/core.md``).
 PUSHFORWARD_ODE = ODEOptions(solver="rk4", steps=8)
 
 #: Default ``FitConfig.pushforward_tol``: RK4 steps per block chosen so that the pushforward's RMS
