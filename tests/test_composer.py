@@ -424,7 +424,7 @@ def test_bench_task_mlp_options_reach_both_sides():
     setup = prepare(task, "8gaussians", BUDGETS["smoke"], "smoke")
     lfm, glob = build_model("lfm-linear", setup, 0), build_model("global-linear", setup, 0)
     for model, params in ((lfm, setup.block_params), (glob, setup.global_params)):
-        assert all(isinstance(n.net[1], torch.nn.Softplus) and n.config["n_freq"] == 0 for n in model.nets)
+        assert all(isinstance(n.net[1], tl.networks.Softplus20) and n.config["n_freq"] == 0 for n in model.nets)
         assert count_parameters(model.nets[0]) == params
 
 
@@ -445,3 +445,9 @@ def test_softplus20_matches_softplus_without_subnormals():
         assert (nonzero >= tiny).all()
     plain = torch.nn.Softplus(beta=20.0)(u.detach())
     assert ((plain != 0) & (plain.abs() < tiny)).any()  # the plain module does produce subnormals here
+    # in place (as in MLP): the same values and slopes; the input holds the clamped values afterwards
+    v = u.detach().clone().requires_grad_(True)
+    w = v * 1.0
+    y2 = tl.networks.Softplus20(inplace=True)(w)
+    (grad2,) = torch.autograd.grad(y2.sum(), v)
+    assert torch.equal(y2, y) and torch.equal(grad2, grad) and w.min() == -2.0

@@ -177,4 +177,4 @@ def test_mlp_policies_keep_their_measured_network():
     net = FlowPolicy({"pos": 2}, 2, network="mlp").flow.nets[0]
     assert {k: net.config[k] for k in POLICY_MLP} == POLICY_MLP and isinstance(net.net[1], torch.nn.SiLU)
     net = FlowPolicy({"pos": 2}, 2, network="mlp", network_config={"activation": "softplus20"}).flow.nets[0]
-    assert net.config["activation"] == "softplus20" and isinstance(net.net[1], torch.nn.Softplus)
+    assert net.config["activation"] == "softplus20" and isinstance(net.net[1], tl.networks.Softplus20)

@@ -25,15 +25,23 @@ class Softplus20(nn.Module):
     computing them (``exp(20 x)``) gives subnormal numbers, on which CPU arithmetic is many times
     slower; trained networks have many such pre-activations. So inputs are clamped at -2 first:
     the value there stays ``softplus(-2) ~ 2.1e-19`` and the slope is 0, both below float32's
-    resolution of the rest of the network.
+    resolution of the rest of the network. ``inplace=True`` clamps the input tensor itself (as
+    :class:`MLP` does with its layers' outputs), which saves a pass over memory.
     """
 
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.softplus(x.clamp(min=-2.0), beta=20.0)
+        return nn.functional.softplus(x.clamp_(min=-2.0) if self.inplace else x.clamp(min=-2.0), beta=20.0)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
 
 
 _ACTIVATIONS = {"silu": nn.SiLU, "selu": nn.SELU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU,
-                "softplus20": Softplus20, "gelu": nn.GELU}
+                "softplus20": lambda: Softplus20(inplace=True), "gelu": nn.GELU}
 
 
 class MLP(nn.Module):
