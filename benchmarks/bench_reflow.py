@@ -33,6 +33,7 @@ import torchcfm_local as tl
 from torchcfm_local.bench.protocol import matched_width
 from torchcfm_local.bench.report import write_results
 from torchcfm_local.bench.seeds import mean_se, parse_seeds
+from torchcfm_local.networks import count_parameters
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ACCURATE = tl.ODEOptions(solver="dopri5", atol=1e-5, rtol=1e-5)
@@ -44,9 +45,6 @@ BUDGETS = {
     "medium": dict(n_train=20000, n_eval=4000, width=128, depth=3, batches=3000, n_pairs=20000, reflow_batches=2000),
 }
 
-
-def n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def build_models(dim: int, args, cfg: dict):
@@ -60,7 +58,7 @@ def build_models(dim: int, args, cfg: dict):
 
     lfm = tl.LocalFlowMatching(dim, tl.OUSchedule(args.h0, args.rho, args.blocks), matcher(),
                                velocity_factory=lambda n: tl.MLP(dim, width=cfg["width"], depth=cfg["depth"]))
-    width = matched_width(dim, n_params(lfm), cfg["depth"])
+    width = matched_width(dim, count_parameters(lfm), cfg["depth"])
     glob = tl.LocalFlowMatching(dim, tl.OUSchedule.global_flow(), matcher(),
                                 velocity_factory=lambda n: tl.MLP(dim, width=width, depth=cfg["depth"]))
     return lfm, glob
@@ -91,7 +89,7 @@ def run_seed(seed: int, args, cfg: dict) -> list[dict]:
                                 batch_size=args.batch_size, lr=args.reflow_lr, n_eval=min(1000, cfg["n_eval"]),
                                 euler_steps=args.euler, seed=seed)
         for stage, m, straight in (("original", model, report.before), ("reflowed", new, report.after)):
-            row = {"seed": seed, "family": family, "stage": stage, "blocks": m.n_blocks, "params": n_params(m),
+            row = {"seed": seed, "family": family, "stage": stage, "blocks": m.n_blocks, "params": count_parameters(m),
                    **measure(m, z, ds.test, args.euler),
                    **{f"euler{k}_mse": v for k, v in straight.euler_mse.items()}}
             row["seconds"] = train_seconds if stage == "original" else report.total_seconds

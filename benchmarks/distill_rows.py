@@ -71,9 +71,6 @@ class Context:
         return samples
 
 
-def n_params(module: torch.nn.Module) -> int:
-    return count_parameters(module)
-
 
 def timed_samples(fn, n_eval: int, generator_seed: int, args):
     """(samples of size n_eval, NFE, seconds per 1000 samples: median of ``timing_reps`` runs of ``timing_n``)."""
@@ -146,7 +143,7 @@ def build_teachers(dim: int, args, seed: int):
     torch.manual_seed(seed)
     lfm = tl.LocalFlowMatching(dim, tl.OUSchedule(args.h0, args.rho, args.blocks),
                                velocity_factory=lambda n: tl.MLP(dim, width=args.width, depth=args.depth))
-    g_width = matched_width(dim, n_params(lfm), args.depth)
+    g_width = matched_width(dim, count_parameters(lfm), args.depth)
     torch.manual_seed(seed)
     glob = tl.LocalFlowMatching(dim, tl.OUSchedule.global_flow(),
                                 velocity_factory=lambda n: tl.MLP(dim, width=g_width, depth=args.depth))
@@ -169,7 +166,7 @@ def teacher_rows(ctx: Context, teachers: dict) -> None:
     grid = QUICK_SOLVER_GRID if args.quick else SOLVER_GRID
     fast = preset_options("fast")
     for label, (model, compute) in teachers.items():
-        fam, params = f"{label} teacher", n_params(model)
+        fam, params = f"{label} teacher", count_parameters(model)
         x = ctx.evaluate(f"{label} teacher dopri5 (quality)", fam, "adaptive", "teacher",
                          teacher_sampler(model, QUALITY), params, **compute)
         ctx.grids[f"{label} teacher dopri5"] = x
@@ -190,7 +187,7 @@ def distill_rows(ctx: Context, lfm, glob, base: dict, prefix: str = "", group: s
     n_val = max(2, min(1000, args.n_pairs // 4))
     common = dict(n_pairs=args.n_pairs, n_val=n_val, batches=args.distill_batches, batch_size=args.batch_size,
                   lr=args.distill_lr, teacher_ode=QUALITY, seed=ctx.seed, progress=False)
-    block_params = {"LFM": n_params(lfm.nets[0]), "global": n_params(glob.nets[0])}
+    block_params = {"LFM": count_parameters(lfm.nets[0]), "global": count_parameters(glob.nets[0])}
     lfm_params_at = {}
 
     def one(label, teacher, method, plan, factory=None, group_=group):
@@ -199,14 +196,14 @@ def distill_rows(ctx: Context, lfm, glob, base: dict, prefix: str = "", group: s
         compute = add_compute(base[label], distill_compute(rep, args.batch_size, args.n_pairs, n_val,
                                                            block_params[label]))
         x = ctx.evaluate(method, f"{label} {prefix}distilled", "distilled", group_, student_sampler(sampler),
-                         n_params(sampler), warm=warm_label(rep), **compute, **plan,
+                         count_parameters(sampler), warm=warm_label(rep), **compute, **plan,
                          student_width=sampler.students[0].net.config["width"], end_mse=rep.end_mse,
                          stage_val_mse=[s.val_mse for s in rep.stages])
         return sampler, x
 
     for k in [k for k in range(N, 0, -1) if N % k == 0]:  # NFE 1, ..., N
         sampler, x = one("LFM", lfm, f"LFM {prefix}distilled k={k}", {"k": k})
-        lfm_params_at[N // k] = n_params(sampler)
+        lfm_params_at[N // k] = count_parameters(sampler)
         if not prefix:  # the sample figure shows the distilled teachers only
             ctx.grids[f"LFM distilled {N // k} NFE"] = x
     for m in args.global_steps:
@@ -232,9 +229,9 @@ def reflow_rows(ctx: Context, lfm, glob, base: dict) -> None:
         new, rep = tl.reflow(model, args.reflow_pairs, batches_per_block=batches, batch_size=args.batch_size,
                              lr=args.reflow_lr, n_eval=min(1000, args.n_eval), euler_steps=euler[label],
                              seed=ctx.seed)
-        rbase[label] = add_compute(base[label], reflow_compute(rep, args.batch_size, n_params(model.nets[0])))
+        rbase[label] = add_compute(base[label], reflow_compute(rep, args.batch_size, count_parameters(model.nets[0])))
         reflowed[label] = new
-        fam, params = f"{label} reflow", n_params(new)
+        fam, params = f"{label} reflow", count_parameters(new)
         ctx.evaluate(f"{label} reflow, dopri5 (quality)", fam, "adaptive", "reflow", teacher_sampler(new, QUALITY),
                      params, **rbase[label])
         for steps in euler[label]:
@@ -252,7 +249,7 @@ def run_dataset(name: str, seed: int, args) -> tuple[list[dict], dict]:
     N = args.blocks
     lfm, glob, g_width = build_teachers(ds.dim, args, seed)
     info = {"dataset": name, "seed": seed, "dim": ds.dim, "n_train": len(train), "n_test": len(test),
-            "lfm_params": n_params(lfm), "global_params": n_params(glob), "global_width": g_width,
+            "lfm_params": count_parameters(lfm), "global_params": count_parameters(glob), "global_width": g_width,
             "schedule": list(lfm.schedule.step_sizes[:-1]), "modes": ctx.modes}
     print(f"{name} seed {seed}: LFM {N} x MLP({args.width}x{args.depth}) = {info['lfm_params']} params; "
           f"global MLP({g_width}x{args.depth}) = {info['global_params']} params", flush=True)
