@@ -21,6 +21,7 @@ import torch
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
 
 import torchcfm_local as tl
+from torchcfm_local.bench.plots import density_grid
 from torchcfm_local.bench.protocol import EVAL_ODE
 from torchcfm_local.bench.registry import TASKS
 from torchcfm_local.bench.report import write_results
@@ -29,15 +30,6 @@ from torchcfm_local.networks import count_parameters, width_for_parameters
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = {"silu-f4": ("silu", 4), "softplus20-f4": ("softplus20", 4), "softplus20-f2": ("softplus20", 2),
             "softplus20-f1": ("softplus20", 1), "softplus20-raw": ("softplus20", 0)}
-
-
-def _grid(test: torch.Tensor, resolution: int) -> torch.Tensor:
-    """The density map's grid (``bench.plots.density_maps``), subsampled to ``resolution`` per axis."""
-    lo, hi = test.min(0).values - 0.5, test.max(0).values + 0.5
-    xs = torch.linspace(float(lo[0]), float(hi[0]), resolution)
-    ys = torch.linspace(float(lo[1]), float(hi[1]), resolution)
-    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
-    return torch.stack([gx.flatten(), gy.flatten()], 1)
 
 
 def _timed_log_prob(model, x: torch.Tensor) -> dict:
@@ -66,7 +58,7 @@ def run_one(data, variant: str, local: bool, args, seed: int) -> dict:
     fit_s = time.perf_counter() - start
     test = data.test[: args.n_eval]
     on_test = _timed_log_prob(model, test)
-    on_grid = _timed_log_prob(model, _grid(data.test, args.resolution))
+    on_grid = _timed_log_prob(model, density_grid(data.test, args.resolution)[2])
     z = torch.randn(args.n_eval, 2, generator=torch.Generator().manual_seed(1))
     model.decode(z, ode=EVAL_ODE)
     return {"variant": variant, "method": "lfm-linear" if local else "global-linear", "seed": seed, "width": width,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["require_matplotlib", "learning_curves", "mean_learning_curves", "samples_vs_data", "density_maps"]
+__all__ = ["require_matplotlib", "learning_curves", "mean_learning_curves", "samples_vs_data", "density_grid",
+           "density_maps"]
 
 MATPLOTLIB_MISSING = 'figures need matplotlib: pip install "torchcfm-local[bench]"'
 
@@ -98,17 +99,22 @@ def samples_vs_data(run, path: Path) -> Path:
     return path
 
 
+def density_grid(test: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(xs, ys, grid)``: a ``resolution``-per-axis grid over the 2D test points' box widened by 0.5,
+    ``grid`` of shape ``(resolution**2, 2)`` in row-major image order."""
+    lo, hi = test.min(0).values - 0.5, test.max(0).values + 0.5
+    xs = torch.linspace(float(lo[0]), float(hi[0]), resolution)
+    ys = torch.linspace(float(lo[1]), float(hi[1]), resolution)
+    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
+    return xs, ys, torch.stack([gx.flatten(), gy.flatten()], 1)
+
+
 def density_maps(run, path: Path, resolution: int = 80) -> Path:
     """exp(log_prob) on a grid for each 2D model (dopri5 at 1e-5, exact divergence)."""
     from .protocol import EVAL_ODE
 
     plt = require_matplotlib()
-    test = run.test
-    lo, hi = test.min(0).values - 0.5, test.max(0).values + 0.5
-    xs = torch.linspace(float(lo[0]), float(hi[0]), resolution)
-    ys = torch.linspace(float(lo[1]), float(hi[1]), resolution)
-    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
-    grid = torch.stack([gx.flatten(), gy.flatten()], 1)
+    xs, ys, grid = density_grid(run.test, resolution)
     names = list(run.models)
     fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4))
     axes = [axes] if len(names) == 1 else axes
