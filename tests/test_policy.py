@@ -178,3 +178,16 @@ def test_mlp_policies_keep_their_measured_network():
     assert {k: net.config[k] for k in POLICY_MLP} == POLICY_MLP and isinstance(net.net[1], torch.nn.SiLU)
     net = FlowPolicy({"pos": 2}, 2, network="mlp", network_config={"activation": "softplus20"}).flow.nets[0]
     assert net.config["activation"] == "softplus20" and isinstance(net.net[1], tl.networks.Softplus20)
+
+
+def test_flow_policy_learning_rate_defaults_to_the_recipe(demos, monkeypatch):
+    seen = []
+    monkeypatch.setattr(tl.LocalFlowMatching, "fit", lambda self, x, **kw: seen.append(kw["lr"]))
+    plain = FlowPolicy(demos.obs_dims, 2, network="mlp", network_config={"width": 32})
+    plain.fit(demos, batches_per_block=1)
+    from torchcfm_local.policy.recipe import PolicyRecipe
+    recipe = PolicyRecipe(lr=3e-4)
+    built = FlowPolicy(demos.obs_dims, 2, network="mlp", network_config={"width": 32}, recipe=recipe)
+    built.fit(demos, batches_per_block=1)
+    built.fit(demos, batches_per_block=1, lr=5e-3)
+    assert seen == [PolicyRecipe().lr, 3e-4, 5e-3]

@@ -204,10 +204,14 @@ class FlowPolicy(_ChunkPolicy):
                                       ode=self.ode, cond_dim=self.cond_dim)
 
     def fit(self, demos: Demos, *, epochs: Optional[float] = None, batches_per_block: Optional[int] = None,
-            batch_size: int = 256, lr: float = 1e-4, cond_dropout: float = 0.0, **fit_kwargs) -> FitReport:
+            batch_size: int = 256, lr: Optional[float] = None, cond_dropout: float = 0.0, **fit_kwargs) -> FitReport:
         """Train on the demos' windows. Give ``epochs`` (passes over all windows, spread evenly over
         the blocks) or ``batches_per_block``; other keywords go to :meth:`LocalFlowMatching.fit`
-        (``seed``, ``checkpoint_dir``, ``resume``, ``lr_decay``, ``grad_clip``, ``progress``, ...)."""
+        (``seed``, ``checkpoint_dir``, ``resume``, ``lr_decay``, ``grad_clip``, ``progress``, ...).
+        ``lr``: by default the policy's recipe's (:class:`PolicyRecipe`'s default when it has none),
+        so that a policy trained from Python and one trained by ``lfm-policy`` get the same rate."""
+        if lr is None:
+            lr = (self.recipe or PolicyRecipe()).lr
         cond, actions = self._training_data(demos)
         batch_size = min(batch_size, actions.shape[0])
         if (epochs is None) == (batches_per_block is None):
