@@ -10,10 +10,13 @@ test points, the 2D schedule of ``lfm-bench`` (9 blocks, ``h_n = 0.025 * 1.25**(
 
 Per run it records the seconds of training steps, pushforward and test-NLL evaluation (dopri5 at
 1e-5, exact divergence) and their shares of the total, the steps chosen per block with their
-estimated error, the bare forward pass's and the pushforward's network evaluations per second
-(and their ratio), and the test NLL, so that a speed-up that costs accuracy shows.
+estimated error, the pushforward's pace against a bare forward pass of the same block networks
+(see :func:`push_vs_bare`), and the test NLL, so that a speed-up that costs accuracy shows.
 
-    python benchmarks/bench_speed.py --modes fixed8,tol --paths linear,trig --seeds 0,1,2
+``--wide`` adds the same pace check on 63-d data (``bsds300_patches``, its 4-block schedule and
+512-wide MLP, a short fit: the pace of a pass does not depend on how long the network trained).
+
+    python benchmarks/bench_speed.py --modes fixed8,tol --paths linear,trig --seeds 0,1,2 --wide
     # writes benchmarks/results/speed.{json,md}
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -48,6 +52,38 @@ def bare_forward_rate(net: torch.nn.Module, dim: int, rows: int, chunk: int = 81
     return rows / best
 
 
+def push_vs_bare(lfm, report, n_rows: int, dim: int, bare_rows: int = 65536) -> tuple[float, list[float]]:
+    """The pushforward's pace over a bare forward pass of the same networks; and each block's bare rate.
+
+    Each block n's bare rate r_n (:func:`bare_forward_rate`, chunk 8192 like the pushforward) gives the
+    time its pushforward would take at that rate, ``NFE_n * rows / r_n``; the ratio is the sum of those
+    times over the measured pushforward seconds (step probing excluded). Blocks differ in pace (their
+    pre-activations differ), so one block's rate is not a fair yardstick for all of them.
+    """
+    rates, ideal, actual = [], 0.0, 0.0
+    for n, block in enumerate(report.blocks, start=1):
+        rate = bare_forward_rate(lfm.nets[n - 1], dim, bare_rows)
+        rates.append(rate)
+        if block.pushforward_seconds > 0:
+            ideal += block.pushforward_nfe * n_rows / rate
+            actual += block.pushforward_seconds - block.pushforward_probe_seconds
+    return (ideal / actual if actual else None), rates
+
+
+def wide_pace(args) -> dict:
+    """Pushforward pace on 63-d data: a short 4-block fit on ``bsds300_patches`` (default ``fit`` options)."""
+    task, seed = TASKS["bsds300_patches"], 0
+    data = tl.datasets.load("bsds300_patches")
+    torch.manual_seed(seed)
+    lfm = tl.LocalFlowMatching(63, tl.OUSchedule.from_steps(task.steps), METHODS["lfm-linear"].matcher(),
+                               lambda n: tl.MLP(63, width=task.width, depth=3))
+    report = lfm.fit(data.train, batches_per_block=args.wide_batches, batch_size=500, seed=seed, progress=False)
+    ratio, rates = push_vs_bare(lfm, report, data.train.shape[0], 63)
+    return {"rows": data.train.shape[0], "push_s": sum(b.pushforward_seconds for b in report.blocks),
+            "probe_s": sum(b.pushforward_probe_seconds for b in report.blocks),
+            "push_steps": [b.pushforward_steps for b in report.blocks], "bare_rates": rates, "push_vs_bare": ratio}
+
+
 def run_one(data, mode: str, path: str, seed: int, args) -> dict:
     torch.manual_seed(seed)
     lfm = tl.LocalFlowMatching(2, tl.OUSchedule.from_steps(TASKS["tree"].steps), METHODS[f"lfm-{path}"].matcher(),
@@ -68,9 +104,8 @@ def run_one(data, mode: str, path: str, seed: int, args) -> dict:
            "push_s": push_s, "eval_s": eval_s, "push_eval_share": (push_s + eval_s) / total,
            "push_steps": [b.pushforward_steps for b in report.blocks],
            "push_error": [b.pushforward_error for b in report.blocks],
-           "probe_s": probe_s, "push_rate": push_evals / (push_s - probe_s) if push_s else None,
-           "bare_rate": bare_forward_rate(lfm.nets[0], 2, min(data.train.shape[0], 200_000))}
-    row["push_vs_bare"] = row["push_rate"] / row["bare_rate"] if row["push_rate"] else None
+           "probe_s": probe_s, "push_rate": push_evals / (push_s - probe_s) if push_s else None}
+    row["push_vs_bare"], row["bare_rates"] = push_vs_bare(lfm, report, data.train.shape[0], 2)
     return row
 
 
@@ -78,12 +113,12 @@ def _fmt(stat: dict, digits: int) -> str:
     return f"{stat['mean']:.{digits}f}" + ("" if stat["se"] is None else f" ± {stat['se']:.{digits}f}")
 
 
-def markdown(rows: list[dict], args) -> str:
+def markdown(rows: list[dict], args, wide: Optional[dict] = None) -> str:
     lines = [f"# Fit time on the tree setting ({args.n_train} train / {args.n_test} test, 9 blocks, MLP {args.width}x3, "
              f"{args.batches} batches of {args.batch_size} per block)", "",
              "Seconds and test NLL: mean ± SE over seeds (n in the last column). push+eval share: pushforward and "
-             "test-NLL evaluation as a share of the total. push/bare: the pushforward's network evaluations per second "
-             "over a bare forward pass's at the same chunk (8192 rows), without the time spent choosing the steps "
+             "test-NLL evaluation as a share of the total. push/bare: the pushforward's pace over a bare forward pass "
+             "of each block's network at the same chunk (8192 rows), without the time spent choosing the steps "
              "(included in push s).", "",
              "| mode | path | test NLL | total s | train s | push s | eval s | push+eval share | push/bare | n |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -105,6 +140,11 @@ def markdown(rows: list[dict], args) -> str:
             errors = [e for e in r["push_error"] if e is not None]
             lines.append(f"| {r['mode']} | {r['path']} | {r['seed']} | {', '.join(str(s) for s in r['push_steps'])} "
                          f"| {max(errors):.2g} |")
+    if wide:
+        lines += ["", f"Pushforward pace on 63-d data (bsds300_patches, {wide['rows']} rows, 4 blocks, MLP 512x3, "
+                  f"{args.wide_batches} batches of 500 per block): push/bare {wide['push_vs_bare']:.2f}, RK4 steps "
+                  f"{', '.join(str(s) for s in wide['push_steps'])}, pushforward {wide['push_s']:.1f} s "
+                  f"(of which choosing steps {wide['probe_s']:.1f} s)."]
     return "\n".join(lines)
 
 
@@ -119,7 +159,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--name", default="speed")
+    parser.add_argument("--wide", action="store_true", help="also the pushforward pace on 63-d data")
+    parser.add_argument("--wide-batches", type=int, default=200)
     args = parser.parse_args(argv)
+    wide = wide_pace(args) if args.wide else None
+    if wide:
+        print(f"63-d pushforward pace: push/bare {wide['push_vs_bare']:.2f}, steps {wide['push_steps']}", flush=True)
     data = tl.datasets.load("tree", n_train=args.n_train, n_test=args.n_test, seed=0)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -129,7 +174,8 @@ def main(argv=None) -> None:
                 r = rows[-1]
                 print(f"{mode} {path} seed {seed}: nll {r['test_nll']:.4f} total {r['total_s']:.0f}s "
                       f"push {r['push_s']:.0f}s eval {r['eval_s']:.0f}s steps {r['push_steps']}", flush=True)
-                write_results(RESULTS, args.name, {"rows": rows, "args": vars(args)}, markdown(rows, args))
+                write_results(RESULTS, args.name, {"rows": rows, "wide": wide, "args": vars(args)},
+                              markdown(rows, args, wide))
 
 
 if __name__ == "__main__":
