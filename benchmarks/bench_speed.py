@@ -18,10 +18,13 @@ estimated error, the pushforward's pace against a bare forward pass of the same 
 
     python benchmarks/bench_speed.py --modes fixed8,tol --paths linear,trig --seeds 0,1,2 --wide
     # writes benchmarks/results/speed.{json,md}
+    python benchmarks/bench_speed.py --seeds 2 --include benchmarks/results/speed.json --name speed_3seeds
+    # adds seed 2 to the runs of an earlier file (same settings) in one table
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -148,6 +151,24 @@ def markdown(rows: list[dict], args, wide: Optional[dict] = None) -> str:
     return "\n".join(lines)
 
 
+SETTINGS = ("n_train", "n_test", "width", "batches", "batch_size")
+
+
+def earlier_rows(args) -> list[dict]:
+    """The runs of the ``--include`` files, refused unless they used the same settings. Runs written
+    before the pace was measured per block (no ``bare_rates``) keep their times and NLL but not their
+    push/bare ratio (it was measured against block 1 alone)."""
+    rows = []
+    for name in filter(None, args.include.split(",")):
+        results = json.loads(Path(name).read_text())["results"]
+        differ = [k for k in SETTINGS if results["args"][k] != getattr(args, k)]
+        if differ:
+            raise SystemExit(f"{name} used other settings ({', '.join(differ)}); its runs cannot join this table")
+        for row in results["rows"]:
+            rows.append(row if "bare_rates" in row else {**row, "push_vs_bare": None})
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default="fixed8,tol")
@@ -161,12 +182,14 @@ def main(argv=None) -> None:
     parser.add_argument("--name", default="speed")
     parser.add_argument("--wide", action="store_true", help="also the pushforward pace on 63-d data")
     parser.add_argument("--wide-batches", type=int, default=200)
+    parser.add_argument("--include", default="", help="comma-separated earlier result JSONs (same settings) whose "
+                        "runs join this table, e.g. to add seeds")
     args = parser.parse_args(argv)
     wide = wide_pace(args) if args.wide else None
     if wide:
         print(f"63-d pushforward pace: push/bare {wide['push_vs_bare']:.2f}, steps {wide['push_steps']}", flush=True)
     data = tl.datasets.load("tree", n_train=args.n_train, n_test=args.n_test, seed=0)
-    rows = []
+    rows = earlier_rows(args)
     for seed in (int(s) for s in args.seeds.split(",")):
         for path in args.paths.split(","):
             for mode in args.modes.split(","):
