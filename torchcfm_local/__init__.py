@@ -20,6 +20,7 @@ from .networks import MLP
 from .pool import MemmapPool, PoolDirError
 from .reports import BlockReport, FitReport, IntegrationStats, LogProbTerms, PoolStats
 from .schedule import OUSchedule, ou_step
+from .shared import SharedVelocity
 from .solvers import RK4, ODEOptions, VelocityField
 from .training import BlockTrainer, FitConfig
 
@@ -33,6 +34,7 @@ __all__ = [
     "LocalBlockMatcher",
     "exact_ot_pairing",
     "MLP",
+    "SharedVelocity",
     "MemmapPool",
     "PoolDirError",
     "ODEOptions",

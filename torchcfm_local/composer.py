@@ -58,10 +58,10 @@ class LocalFlowMatching(nn.Module):
             plain flow matching with one network.
         matcher: any torchcfm conditional matcher; default: the trigonometric path
             ``VariancePreservingConditionalFlowMatcher(sigma=0)`` used by the reference.
-        velocity_factory: ``n -> nn.Module`` building block ``n``'s velocity network (1-based),
-            called as ``net(t, x)`` with ``t`` of shape ``(B,)``, or ``net(cat([x, t[:, None]]))``
-            when its ``forward`` takes one argument (torchcfm's ``MLP``). Default:
-            ``MLP(prod(shape), width=256, depth=3)``.
+        velocity_factory: ``n -> nn.Module`` building block ``n``'s velocity network (1-based), called as
+            ``net(t, x)`` with ``t`` of shape ``(B,)``, or ``net(cat([x, t[:, None]]))`` when its ``forward``
+            takes one argument (torchcfm's ``MLP``). Default: ``MLP(prod(shape), width=256, depth=3)``.
+            ``SharedVelocity(...).block`` makes every block a view of one network (:mod:`.shared`).
         t_beta: draw training times from Beta(a, b) on our time axis (noise at 0, data at 1)
             instead of U(0, 1).
         ode: default :class:`ODEOptions` (or solver name / dict) for sampling, encoding and the
@@ -428,20 +428,20 @@ class LocalFlowMatching(nn.Module):
     def fit(self, x, *, cond=None, **options) -> FitReport:
         """Train all blocks in order (Algorithm 1 of the paper); resumable and data-parallel.
 
-        For block n: a fresh Adam optimizer; ``batches_per_block`` steps on batches drawn uniformly
-        (with replacement) from the current pool, each paired with its OU partner by the block's
-        matcher; then the whole pool is pushed through block n in chunks of ``chunk_size``, in place.
-        That pool (``pool="pushforward"``, the paper's) makes block n learn what blocks 1..n-1 produce:
-        only the free block's error reaches the samples. ``pool="ou"`` draws block n's data side from
-        the exact OU marginal of the data at ``h_1 + ... + h_{n-1}`` instead: no pushforward, blocks
-        independent (parallelizable), but every block's error compounds at sampling (see FitConfig).
-        ``standardize="diagonal"`` / ``"full"`` first fits an affine map of the data (:attr:`standardizer`).
+        For block n: a fresh Adam optimizer; ``batches_per_block`` steps on batches drawn uniformly (with
+        replacement) from the current pool, each paired with its OU partner by the block's matcher; then the whole
+        pool is pushed through block n in chunks of ``chunk_size``, in place. That pool (``pool="pushforward"``,
+        the paper's) makes block n learn what blocks 1..n-1 produce: only the free block's error reaches the
+        samples. ``pool="ou"`` draws block n's data side from the exact OU marginal of the data at
+        ``h_1 + ... + h_{n-1}`` instead: no pushforward, blocks independent (parallelizable), but every block's
+        error compounds at sampling (see FitConfig). Blocks that share one network (:mod:`.shared`) need
+        ``pool="ou"`` and train together, in one loop (:mod:`.training.joint`). ``standardize="diagonal"`` /
+        ``"full"`` first fits an affine map of the data (:attr:`standardizer`).
 
         Data-parallel when launched with ``torchrun --nproc_per_node=K`` (or inside an initialized
-        ``torch.distributed`` process group): every rank calls ``fit`` with the same ``x`` and
-        settings, trains on its ``batch_size / K`` share of each batch under
-        ``DistributedDataParallel`` and pushes its shard of the pool; rank 0 alone writes
-        checkpoints, and all ranks read them on ``resume``. See :mod:`torchcfm_local.distributed`.
+        ``torch.distributed`` process group): every rank calls ``fit`` with the same ``x`` and settings, trains
+        on its ``batch_size / K`` share of each batch under ``DistributedDataParallel`` and pushes its shard of
+        the pool; rank 0 alone writes checkpoints, and all ranks read them on ``resume``. See :mod:`.distributed`.
 
         Args:
             x: training data ``(n, *shape)``, floating point, finite, ``n >= batch_size`` (a tensor,

@@ -113,7 +113,8 @@ class MLP(nn.Module):
 class _Registry(dict):
     """Type name -> class; networks of optional subpackages are imported on first lookup."""
 
-    _lazy = {"ConditionalUnet1D": "torchcfm_local.policy.unet1d", "UNetVelocity": "torchcfm_local.images.unet"}
+    _lazy = {"ConditionalUnet1D": "torchcfm_local.policy.unet1d", "UNetVelocity": "torchcfm_local.images.unet",
+             "SharedVelocity": "torchcfm_local.shared", "SharedBlock": "torchcfm_local.shared"}
 
     def __missing__(self, name: str):
         if name not in self._lazy:

@@ -4,7 +4,9 @@ The dict is what ``save`` writes with ``torch.save`` and ``load`` reads with
 ``weights_only=True``: no pickled code, so a model file cannot run anything when it is read.
 Built-in networks (:data:`torchcfm_local.networks.NETWORKS`) and torchcfm matchers are stored
 as specs and rebuilt; custom ones must be passed again when loading. The data standardization is
-stored as its tensors (``None``, the identity, in files written before it existed).
+stored as its tensors (``None``, the identity, in files written before it existed). Blocks that
+share one network (:mod:`torchcfm_local.shared`) store it once, under ``"shared"``, with empty
+per-block weights; loading builds one network and its views (``None`` in older files).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from torch import nn
 from .checkpoint import CheckpointError, header
 from .networks import NETWORKS, network_spec
 from .schedule import OUSchedule
+from .shared import load_shared, saved_shared, shared_factory, shared_network
 from .solvers import ODEOptions
 from .standardize import Standardizer
 
@@ -32,6 +35,7 @@ def _matcher_spec(matcher) -> dict:
 
 def model_state(model, fit_state: Optional[dict] = None) -> dict:
     """Everything that rebuilds ``model``; ``fit_state``: the run state a fit checkpoint adds."""
+    shared = saved_shared(model)
     return {
         **header("model"),
         "shape": list(model.shape),
@@ -41,7 +45,8 @@ def model_state(model, fit_state: Optional[dict] = None) -> dict:
         "cond_dim": model.cond_dim,
         "ode": model.ode.to_dict(),
         "nets": [network_spec(net) for net in model.nets],
-        "weights": [net.state_dict() for net in model.nets],
+        "weights": [{} if shared else net.state_dict() for net in model.nets],
+        "shared": shared,
         "n_trained": model.n_trained,
         "standardize": model.standardizer.to_state(),
         "fit_state": fit_state,
@@ -81,17 +86,23 @@ def model_from_state(cls, state: dict, *, velocity_factory=None, matcher=None, s
         from torchcfm import conditional_flow_matching as cfm
 
         matcher = getattr(cfm, matcher_spec["class"])(sigma=matcher_spec["sigma"])
-    if velocity_factory is None:
+    shared = state.get("shared")
+    if shared is not None:
+        velocity_factory = shared_factory(shared, velocity_factory, source)
+    elif velocity_factory is None:
         velocity_factory = _factory_from_specs(specs, source)
     model = cls(shape, OUSchedule.from_steps(steps), matcher, velocity_factory,
                 t_beta=state.get("t_beta"), ode=ODEOptions.coerce(ode, ODEOptions()), cond_dim=state.get("cond_dim"))
     if len(weights) != model.n_blocks:
         raise CheckpointError(f"{source} holds {len(weights)} blocks but its schedule has {model.n_blocks}")
-    for n, (net, sd) in enumerate(zip(model.nets, weights), 1):
-        try:
-            net.load_state_dict(sd)
-        except RuntimeError as err:
-            raise CheckpointError(f"{source}: block {n}'s weights do not fit its network: {err}") from err
+    if shared is not None or shared_network(model) is not None:  # the shared network, once
+        load_shared(model, shared, source)
+    else:
+        for n, (net, sd) in enumerate(zip(model.nets, weights), 1):
+            try:
+                net.load_state_dict(sd)
+            except RuntimeError as err:
+                raise CheckpointError(f"{source}: block {n}'s weights do not fit its network: {err}") from err
     model.n_trained = n_trained
     model.standardizer = Standardizer.from_state(state.get("standardize"), model.dim, source)
     model.fit_state = state.get("fit_state")

@@ -229,6 +229,11 @@ def _check_model(model) -> None:
     if model.n_trained < model.n_blocks:
         raise RuntimeError(f"reflow needs a fully trained model; {model.n_trained} of {model.n_blocks} blocks are "
                            "trained (call fit first)")
+    from ..shared import shared_network
+
+    if shared_network(model) is not None:
+        raise ValueError("reflow retrains one block after another, but this model's blocks share one network: "
+                         "retraining block n would change the blocks retrained before it")
 
 
 def _linear_copy(model):
@@ -291,7 +296,8 @@ def reflow(
 
     Raises:
         TypeError: not a LocalFlowMatching. RuntimeError: not fully trained.
-        ValueError: bad sizes or settings; ``cond`` missing, unexpected or misshapen.
+        ValueError: bad sizes or settings; ``cond`` missing, unexpected or misshapen; blocks that share one
+            network (:mod:`torchcfm_local.shared`), which block-by-block retraining would break.
         FloatingPointError: the decode of the couplings met NaN/Inf (the model diverged), or a loss did.
     """
     start = time.perf_counter()

@@ -6,7 +6,8 @@
 * :mod:`.pool`: :class:`TrainingPool`, the data pushed through the trained blocks;
 * :mod:`.run`: :class:`RunCheckpoint`, the files that make a run resumable;
 * :mod:`.blocks`: :class:`BlockTrainer` and ``train_blocks`` for loops of your own;
-* :mod:`.fitting`: ``fit``, Algorithm 1 as a short orchestration of the above.
+* :mod:`.fitting`: ``fit``, Algorithm 1 as a short orchestration of the above;
+* :mod:`.joint`: the one loop over all blocks that ``fit`` runs when they share one network.
 """
 from .blocks import BlockTrainer, train_blocks
 from .config import PUSHFORWARD_ODE, FitConfig

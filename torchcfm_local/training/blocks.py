@@ -11,6 +11,7 @@ from ..distributed import context as dist_context
 from ..inputs import cond_input
 from ..matchers import LocalBlockMatcher
 from ..pool import MemmapPool
+from ..shared import shared_network
 from ..solvers import ODEOptions, VelocityField
 from .config import PUSHFORWARD_ODE
 from .pool import TrainingPool
@@ -103,6 +104,10 @@ def train_blocks(lfm, x, *, pushforward_ode=None, chunk_size: Optional[int] = No
     ode = ODEOptions.coerce(pushforward_ode, PUSHFORWARD_ODE)
     chunk_size = lfm.default_chunk() if chunk_size is None else chunk_size
     dist = dist_context(lfm.device, init=False)
+    if shared_network(lfm) is not None:
+        raise ValueError("train_blocks trains block after block on the pushed pool, but this model's blocks share one "
+                         "network: training block n would change blocks 1..n-1 after the pool was pushed through "
+                         "them; train shared blocks jointly with fit(x, pool='ou')")
     x = lfm.check_samples(x, "training data", min_count=2)
     cond = lfm.check_training_cond(cond, x.shape[0])
     pool = TrainingPool.initial(lfm, x, cond, dist, chunk_size, ode, pool_dir=pool_dir)

@@ -45,13 +45,17 @@ class FitConfig:
     """Settings of :meth:`LocalFlowMatching.fit <torchcfm_local.LocalFlowMatching.fit>` (Algorithm 1).
 
     Args:
-        batches_per_block: optimizer steps per block (an int, or one per block).
+        batches_per_block: optimizer steps per block (an int, or one per block). Blocks that share
+            one network (:mod:`torchcfm_local.shared`) train jointly: ``sum(batches_per_block)``
+            steps, block n getting the share ``batches_per_block[n] / sum`` of every batch, so each
+            block sees as many samples as in the sequential fit (:mod:`.joint`).
         batch_size: samples per step (over all ranks; divisible by their number). Must not
             exceed the number of training samples.
         lr, weight_decay: Adam(W) settings (AdamW when ``weight_decay > 0``).
         lr_decay: ``None`` (constant) or ``"cosine"`` (to 0 over each block).
         grad_clip: max gradient norm, or ``None``.
-        warm_start: start block n from block n-1's weights (needs identical architectures).
+        warm_start: start block n from block n-1's weights (needs identical architectures;
+            ignored by shared blocks, which have one set of weights).
         seed: seeds batch indices, noise and times; ``None`` draws one from torch's global RNG,
             so ``torch.manual_seed`` makes ``fit`` reproducible.
         checkpoint_dir: where to keep ``model.pt`` (after every block), ``pool.pt`` (the pool
@@ -77,7 +81,7 @@ class FitConfig:
             :func:`torchcfm_local.reports.pool_stats` for that report).
         progress: show progress bars.
         callback: ``callback(block, batches_done, loss)`` after every optimizer step (``loss``
-            is the mean over ranks).
+            is the mean over ranks; ``block`` is 0 in the joint loop of shared blocks).
         pool_dir: keep the pool in memory-mapped files in this directory (new, empty, or an
             earlier pool) instead of memory; peak memory of the pushforward is then bounded by
             ``chunk_size`` (:mod:`torchcfm_local.pool`). A resumed run reuses the pool there.
@@ -99,7 +103,9 @@ class FitConfig:
               ``e^{-T} x + sqrt(1 - e^{-2T}) eps`` with new ``eps`` in every batch. No pushforward
               (``pushforward_seconds`` is 0, no ``pool.pt``) and the blocks do not depend on each
               other (they could train in parallel), but at sampling every block's error compounds:
-              block n never sees what blocks n+1..N produce.
+              block n never sees what blocks n+1..N produce. Blocks that share one network
+              (:mod:`torchcfm_local.shared`) need it: they train all at once (:mod:`.joint`), and
+              ``"pushforward"`` is refused for them.
         standardize: an affine map fitted on the training data (float64 statistics) in front of
             block 1 (:mod:`torchcfm_local.standardize`): ``None`` / ``"none"`` (the identity),
             ``"diagonal"`` (per-feature mean and std) or ``"full"`` (mean and whitening by the
@@ -173,15 +179,17 @@ class FitConfig:
         """``batches_per_block`` as one positive int per block."""
         return per_item_ints(self.batches_per_block, n_blocks, "batches_per_block", "block")
 
-    def run_settings(self, n_blocks: int, chunk_size: int, world_size: int) -> dict:
-        """The settings a resumed run must share with the run it continues (stored in checkpoints)."""
+    def run_settings(self, n_blocks: int, chunk_size: int, world_size: int, shared_blocks: bool = False) -> dict:
+        """The settings a resumed run must share with the run it continues (stored in checkpoints);
+        ``shared_blocks``: the model's blocks share one network (trained jointly)."""
         settings = {}
         for f in dataclasses.fields(self):
             if f.metadata.get("run"):
                 settings[f.name] = getattr(self, f.name)
         settings.update(batches_per_block=self.per_block(n_blocks), lr=float(self.lr), chunk_size=chunk_size,
                         weight_decay=float(self.weight_decay), cond_dropout=float(self.cond_dropout),
-                        amp=bool(self.amp), pushforward_ode=self.pushforward_ode.to_dict(), world_size=world_size)
+                        amp=bool(self.amp), pushforward_ode=self.pushforward_ode.to_dict(), world_size=world_size,
+                        shared_blocks=bool(shared_blocks))
         return settings
 
     @staticmethod
@@ -189,6 +197,6 @@ class FitConfig:
         """The run settings of a checkpoint, completed with the values older versions implied."""
         legacy = {f.name: f.metadata["legacy"] for f in dataclasses.fields(FitConfig)
                   if f.metadata.get("legacy", _NO_LEGACY) is not _NO_LEGACY}
-        settings = {"world_size": 1, **legacy, **saved}
+        settings = {"world_size": 1, "shared_blocks": False, **legacy, **saved}
         settings["pushforward_ode"] = ODEOptions.coerce(settings["pushforward_ode"], PUSHFORWARD_ODE).to_dict()
         return settings

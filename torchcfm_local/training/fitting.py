@@ -9,7 +9,9 @@
 With ``pool="ou"`` the pool stays the (standardized) data: each batch is carried to block n's
 data side by the exact OU marginal (:func:`~torchcfm_local.training.pool.ou_marginal`) and
 nothing is pushed. With ``standardize``, the data's affine map is fitted in step 2, before the
-pool is filled, and saved with the run from its first checkpoint on.
+pool is filled, and saved with the run from its first checkpoint on. Blocks that share one
+network (:mod:`torchcfm_local.shared`) need ``pool="ou"`` and replace step 3 by one joint loop
+over all blocks (:mod:`.joint`), with the same run, checkpoints and resume.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ from ..distributed import DistContext, context as dist_context, shard
 from ..inputs import cond_input
 from ..pool import MemmapPool
 from ..reports import BlockReport, FitReport
+from ..shared import shared_network
 from ..solvers import VelocityField
 from ..standardize import FULL_MAX_DIM, Standardizer
 from .blocks import BlockTrainer
 from .config import FitConfig
+from .joint import check_joint, train_joint
 from .loop import StepLoop
 from .pool import TrainingPool, fingerprint, ou_marginal
 from .run import RunCheckpoint
@@ -42,7 +46,10 @@ def fit(lfm, x, cond=None, config: Optional[FitConfig] = None) -> FitReport:
     x, cond = _check_inputs(lfm, x, cond, config)
     run = _FitRun.start(lfm, x, cond, config)
     try:
-        reports = [run.train_block(n) for n in range(lfm.n_trained + 1, lfm.n_blocks + 1)]
+        if run.joint:
+            reports = train_joint(run)
+        else:
+            reports = [run.train_block(n) for n in range(lfm.n_trained + 1, lfm.n_blocks + 1)]
     except RuntimeError as err:
         if not run.dist.active:
             raise
@@ -68,7 +75,9 @@ def _check_inputs(lfm, x, cond, config: FitConfig):
                          f"use batch_size <= {x.shape[0]}")
     if config.amp and lfm.device.type != "cuda":
         raise ValueError(f"amp=True needs a model on a CUDA device; this one is on {lfm.device}")
-    if config.warm_start:
+    if shared_network(lfm) is not None:
+        check_joint(lfm, config)
+    elif config.warm_start:
         lfm.check_warm_start()
     if config.standardize == "full" and lfm.dim > FULL_MAX_DIM:
         raise ValueError(f"standardize='full' takes at most {FULL_MAX_DIM} features, this model has {lfm.dim}; "
@@ -103,6 +112,7 @@ class _FitRun:
     gen_idx: torch.Generator
     gen_noise: torch.Generator
     progress: Optional[dict] = None  # the saved state of the block a resumed run continues
+    joint: bool = False  # the blocks share one network: one joint loop (training/joint.py)
 
     @property
     def pushes(self) -> bool:
@@ -118,7 +128,8 @@ class _FitRun:
             raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of ranks ({dist.world})")
         seed = config.seed if config.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
         seed = dist.broadcast_object(seed)
-        settings = config.run_settings(lfm.n_blocks, chunk, dist.world)
+        joint = shared_network(lfm) is not None
+        settings = config.run_settings(lfm.n_blocks, chunk, dist.world, shared_blocks=joint)
         data_id = fingerprint(x) + ([] if cond is None else fingerprint(cond))
         dist.check_agree({"training data": data_id, "settings": settings, "trained blocks": lfm.n_trained,
                           "resume": config.resume})
@@ -147,7 +158,7 @@ class _FitRun:
                                         push=config.pool == "pushforward", tol=config.pushforward_tol)
         else:
             pool = TrainingPool(rows, cond, dist, chunk)
-        run = cls(lfm, config, dist, ckpt, pool, settings, data_id, seed, run_id, gen_idx, gen_noise, progress)
+        run = cls(lfm, config, dist, ckpt, pool, settings, data_id, seed, run_id, gen_idx, gen_noise, progress, joint)
         if not has_run:
             run.save_model()  # marks the directory as holding this run from the first batch on
         return run
