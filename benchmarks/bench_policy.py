@@ -9,7 +9,7 @@ against epochs (mean ± SE bands over training seeds) and, on the point task,
     python benchmarks/bench_policy.py --h0 0.2 --rho 1.25 --path linear --ema-decay 0.999
     python benchmarks/bench_policy.py --network unet --width 256
     python benchmarks/bench_policy.py --quick               # a pipeline check (minutes on a laptop)
-    python benchmarks/bench_policy.py --task lift --width 256 --seeds 1 # robosuite (the [robot] extra)
+    python benchmarks/bench_policy.py --task lift --width 256 --seeds 1 # robosuite: lift, can, square ([robot] extra)
 
 Every recipe flag (``--h0 --rho --blocks --path --network --width --epochs --batch-size --lr
 --weight-decay --warmup --lr-decay --ema-decay``) and its default comes from
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from torchcfm_local.bench.report import write_results
-from torchcfm_local.policy import collect_demos, make_env
+from torchcfm_local.policy import TASKS, collect_demos, make_env
 from torchcfm_local.policy.protocol import checkpoint_epochs, run_protocol, summarize
 from torchcfm_local.policy.recipe import PolicyRecipe
 
@@ -48,7 +48,7 @@ QUICK = {"demos": 20, "width": 32, "epochs": 4.0, "eval_every": 2.0, "seeds": 2,
 def parse_args(argv=None) -> tuple[argparse.Namespace, PolicyRecipe]:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="point", choices=("point", "lift", "can"))
+    parser.add_argument("--task", default="point", choices=sorted(TASKS))
     parser.add_argument("--demos", type=int, default=200, help="expert episodes (demo seed 0)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..seeds-1")

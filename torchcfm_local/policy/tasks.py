@@ -7,8 +7,8 @@ An environment steps ``n`` episodes at once (one process, batched policy inferen
   their actions and keep their outcome; ``success`` is the task's own check;
 * ``expert(seed)``: a scripted policy with ``act(obs) -> (n, Da)`` for the current batch.
 
-Tasks: ``point`` (below), ``lift`` and ``can`` (robosuite's Lift and PickPlaceCan,
-:mod:`.robosuite_tasks`; they need the ``[robot]`` extra).
+Tasks: ``point`` (below), ``lift``, ``can`` and ``square`` (robosuite's Lift, PickPlaceCan and
+NutAssemblySquare, :mod:`.robosuite_tasks`; they need the ``[robot]`` extra).
 
 ``point`` is a pure-numpy toy task for tests and quick runs: a point must reach a goal behind a
 round obstacle; the expert passes left or right with equal probability, so the average of its
@@ -100,8 +100,14 @@ def _can(**kwargs):
     return RobosuiteTask("PickPlaceCan", **{"max_steps": 300, **kwargs})
 
 
+def _square(**kwargs):
+    from .robosuite_tasks import RobosuiteTask
+
+    return RobosuiteTask("NutAssemblySquare", **{"max_steps": 400, **kwargs})
+
+
 #: task name -> environment constructor; robosuite tasks need the ``[robot]`` extra.
-TASKS = {"point": PointObstacle, "lift": _lift, "can": _can}
+TASKS = {"point": PointObstacle, "lift": _lift, "can": _can, "square": _square}
 
 
 def make_env(name: str, **kwargs):
