@@ -154,11 +154,12 @@ def markdown(rows: list[dict], args, wide: Optional[dict] = None) -> str:
 SETTINGS = ("n_train", "n_test", "width", "batches", "batch_size")
 
 
-def earlier_rows(args) -> list[dict]:
-    """The runs of the ``--include`` files, refused unless they used the same settings. Runs written
-    before the pace was measured per block (no ``bare_rates``) keep their times and NLL but not their
-    push/bare ratio (it was measured against block 1 alone)."""
-    rows = []
+def earlier_runs(args) -> tuple[list[dict], Optional[dict]]:
+    """The runs of the ``--include`` files, refused unless they used the same settings, and the last
+    63-d pace check among them. Runs written before the pace was measured per block (no
+    ``bare_rates``) keep their times and NLL but not their push/bare ratio (it was measured against
+    block 1 alone)."""
+    rows, wide = [], None
     for name in filter(None, args.include.split(",")):
         results = json.loads(Path(name).read_text())["results"]
         differ = [k for k in SETTINGS if results["args"][k] != getattr(args, k)]
@@ -166,7 +167,8 @@ def earlier_rows(args) -> list[dict]:
             raise SystemExit(f"{name} used other settings ({', '.join(differ)}); its runs cannot join this table")
         for row in results["rows"]:
             rows.append(row if "bare_rates" in row else {**row, "push_vs_bare": None})
-    return rows
+        wide = results.get("wide") or wide
+    return rows, wide
 
 
 def main(argv=None) -> None:
@@ -185,11 +187,11 @@ def main(argv=None) -> None:
     parser.add_argument("--include", default="", help="comma-separated earlier result JSONs (same settings) whose "
                         "runs join this table, e.g. to add seeds")
     args = parser.parse_args(argv)
-    wide = wide_pace(args) if args.wide else None
-    if wide:
+    rows, wide = earlier_runs(args)
+    if args.wide:
+        wide = wide_pace(args)
         print(f"63-d pushforward pace: push/bare {wide['push_vs_bare']:.2f}, steps {wide['push_steps']}", flush=True)
     data = tl.datasets.load("tree", n_train=args.n_train, n_test=args.n_test, seed=0)
-    rows = earlier_rows(args)
     for seed in (int(s) for s in args.seeds.split(",")):
         for path in args.paths.split(","):
             for mode in args.modes.split(","):
