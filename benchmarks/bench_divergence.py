@@ -40,6 +40,7 @@ import torch
 from torch.func import jacfwd, jacrev, jvp, vmap
 
 import torchcfm_local as tl
+import torchcfm_local.exact_trace as et
 import torchcfm_local.likelihood as lik
 from torchcfm_local.bench.report import write_results
 
@@ -61,23 +62,23 @@ def _forward(field, t, x):
 
 
 def _library(mode: str, rows: "int | None" = None):
-    """The library's ``_exact_divergence`` started in ``mode`` (``rows``: override the CPU row rule)."""
+    """The library's ``exact_trace.exact_divergence`` started in ``mode`` (``rows``: override the CPU row rule)."""
 
     def run(field, t, x):
-        saved = lik._EXACT_CPU_ROWS
+        saved = et.CPU_ROWS
         if rows is not None:
-            lik._EXACT_CPU_ROWS = rows
+            et.CPU_ROWS = rows
         try:
             state = {"exact": mode}
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
                 y = field(t, xg)
-                div = lik._exact_divergence(y, xg, state)
+                div = et.exact_divergence(y, xg, state)
             if state["exact"] != mode:
                 raise RuntimeError(f"{mode} fell back to {state['exact']}")
             return y.detach(), div
         finally:
-            lik._EXACT_CPU_ROWS = saved
+            et.CPU_ROWS = saved
 
     return run
 
@@ -153,7 +154,7 @@ def time_case(activation: str, dim: int, batch: int, methods: list[str], repeats
                 best[m] = min(best[m], time.perf_counter() - start)
             rounds += 1
     base, old = best.get("forward"), best.get("batched-vjp (old)")
-    group = lik._exact_group("vmap", batch, dim, x.device)
+    group = et.group_size("vmap", batch, dim, x.device)
     return [{"activation": activation, "dim": dim, "batch": batch, "method": m, "ms": 1e3 * best[m],
              "x_forward": best[m] / base if base else None, "x_old": best[m] / old if old else None,
              "max_abs_diff_vs_old": errors.get(m), "vmap_group": group, "rounds": rounds} for m in methods]
@@ -181,13 +182,13 @@ def end_to_end(args) -> list[dict]:
         best, values, nfe = {}, {}, {}
         for _ in range(args.e2e_repeats):
             for label, first in (("batched-vjp (old)", "batched"), ("vmap-vjp (new)", "vmap")):
-                lik._EXACT_FIRST = first
+                et.FIRST = first
                 try:
                     start = time.perf_counter()
                     terms = model.log_prob_terms(x, ode=ode)
                     seconds = time.perf_counter() - start
                 finally:
-                    lik._EXACT_FIRST = "vmap"
+                    et.FIRST = "vmap"
                 best[label] = min(best.get(label, float("inf")), seconds)
                 values[label], nfe[label] = terms.log_prob, sum(terms.nfe_per_block)
         diff = float((values["vmap-vjp (new)"] - values["batched-vjp (old)"]).abs().max())
@@ -195,7 +196,7 @@ def end_to_end(args) -> list[dict]:
             rows.append({"points": n, "method": label, "seconds": best[label], "nfe": nfe[label],
                          "x_old": best[label] / best["batched-vjp (old)"], "max_abs_diff_log_prob": diff,
                          "mean_log_prob": float(values[label].mean()), "fit_seconds": fit_s,
-                         "vmap_group": lik._exact_group("vmap", min(n, 2**17 // 2), 2, torch.device("cpu"))})
+                         "vmap_group": et.group_size("vmap", min(n, 2**17 // 2), 2, torch.device("cpu"))})
         print(f"e2e n={n}: " + ", ".join(f"{k} {v:.2f}s" for k, v in best.items()) + f", max |dlogp| {diff:.2e}",
               flush=True)
     return rows
@@ -213,21 +214,21 @@ def end_to_end_random(args) -> list[dict]:
         best, values, nfe = {}, {}, {}
         for _ in range(args.e2e_repeats):
             for label, first in (("batched-vjp (old)", "batched"), ("vmap-vjp (new)", "vmap")):
-                lik._EXACT_FIRST = first
+                et.FIRST = first
                 try:
                     f = field.bind()
                     start = time.perf_counter()
                     values[label] = lik.log_prob(f, x, options=ode)
                     seconds = time.perf_counter() - start
                 finally:
-                    lik._EXACT_FIRST = "vmap"
+                    et.FIRST = "vmap"
                 best[label], nfe[label] = min(best.get(label, float("inf")), seconds), f.nfe
         diff = float((values["vmap-vjp (new)"] - values["batched-vjp (old)"]).abs().max())
         for label in best:
             rows.append({"dim": dim, "points": n, "method": label, "seconds": best[label], "nfe": nfe[label],
                          "x_old": best[label] / best["batched-vjp (old)"], "max_abs_diff_log_prob": diff,
                          "mean_log_prob": float(values[label].mean()),
-                         "vmap_group": lik._exact_group("vmap", n, dim, torch.device("cpu"))})
+                         "vmap_group": et.group_size("vmap", n, dim, torch.device("cpu"))})
         print(f"random D={dim} n={n}: " + ", ".join(f"{k} {v:.2f}s" for k, v in best.items()), flush=True)
     return rows
 

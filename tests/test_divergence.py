@@ -4,10 +4,12 @@ import math
 import pytest
 import torch
 
-import torchcfm_local.likelihood as lik
+import torchcfm_local.exact_trace as et
 from torchcfm_local.likelihood import flow_divergence, log_prob
 from torchcfm_local.networks import MLP
 from torchcfm_local.solvers import ODEOptions, VelocityField
+
+from test_likelihood import SquareNoVmap  # a backward no vmap can run
 
 
 def brute_force_trace(field, t, x):
@@ -20,30 +22,30 @@ def brute_force_trace(field, t, x):
 
 
 def divergence_in_mode(field, t, x, mode):
-    """``(divergence, mode at the end)`` of ``lik._exact_divergence`` started in ``mode``."""
+    """``(divergence, mode at the end)`` of ``et.exact_divergence`` started in ``mode``."""
     state = {"exact": mode}
     with torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         y = field(t, xg)
-        div = lik._exact_divergence(y, xg, state)
+        div = et.exact_divergence(y, xg, state)
     return div, state["exact"]
 
 
 @pytest.mark.parametrize("activation", ["softplus20", "silu"])
 @pytest.mark.parametrize("dim", [2, 5, 9, 16])
-@pytest.mark.parametrize("rows", [lik._EXACT_CPU_ROWS, 7, 40, 60])
+@pytest.mark.parametrize("rows", [et.CPU_ROWS, 7, 40, 60])
 def test_every_mode_matches_the_brute_force_trace(activation, dim, rows, monkeypatch):
     """Default-style MLP (in-place clamped softplus and SiLU), float32; ``rows`` changes the vmap group
     size: all unit vectors in one group, one per group (7 < B), groups of 2 (40 // 20) and of
     at most 3 (60 // 20: 3 + 2 for D = 5)."""
-    monkeypatch.setattr(lik, "_EXACT_CPU_ROWS", rows)
+    monkeypatch.setattr(et, "CPU_ROWS", rows)
     torch.manual_seed(dim)
     field = VelocityField(MLP(dim, width=32, depth=2, activation=activation))
     x = torch.randn(20, dim)
     t = torch.tensor(0.37)
     expected = brute_force_trace(field, t, x)
     assert expected.abs().max() > 1e-2  # a non-trivial trace
-    for mode in lik._EXACT_MODES:
+    for mode in et.MODES:
         got, end_mode = divergence_in_mode(field, t, x, mode)
         assert end_mode == mode  # no fallback for this network
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
@@ -64,13 +66,13 @@ def test_shaped_samples_and_a_conditioned_guided_field():
     x = torch.randn(4, 2, 3, 3, dtype=torch.float64)
     field = Conv().double()
     t = torch.tensor(0.2, dtype=torch.float64)
-    for mode in lik._EXACT_MODES:
+    for mode in et.MODES:
         torch.testing.assert_close(divergence_in_mode(field, t, x, mode)[0], brute_force_trace(field, t, x),
                                    rtol=0, atol=1e-10)
     net = MLP(3, width=16, depth=2, cond_features=2).double()
     guided = VelocityField(net).bind(torch.randn(5, 2, dtype=torch.float64), guidance=1.5)
     x = torch.randn(5, 3, dtype=torch.float64)
-    for mode in lik._EXACT_MODES:
+    for mode in et.MODES:
         torch.testing.assert_close(divergence_in_mode(guided, t, x, mode)[0], brute_force_trace(guided, t, x),
                                    rtol=0, atol=1e-10)
 
@@ -83,7 +85,7 @@ def test_log_prob_is_unchanged_from_the_batched_path(dim, monkeypatch):
     x = torch.randn(64, dim)
     ode = ODEOptions(solver="dopri5", atol=1e-5, rtol=1e-5)
     new = log_prob(field, x, options=ode)
-    monkeypatch.setattr(lik, "_EXACT_FIRST", "batched")
+    monkeypatch.setattr(et, "FIRST", "batched")
     old = log_prob(field, x, options=ode)
     torch.testing.assert_close(new, old, rtol=0, atol=1e-5)
 
@@ -99,21 +101,6 @@ def test_field_is_called_once_per_evaluation():
     assert res.nfe == field.nfe == 12
 
 
-class SquareNoVmap(torch.autograd.Function):
-    """y = x^2 elementwise, with a backward that reads a value (.item()), which no vmap allows."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x**2
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        assert grad.abs().sum().item() >= 0
-        return 2 * x * grad
-
-
 def test_fallback_chain_for_a_backward_that_cannot_be_vmapped(monkeypatch):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 4, generator=g, dtype=torch.float64) * 2 - 1
@@ -123,8 +110,8 @@ def test_fallback_chain_for_a_backward_that_cannot_be_vmapped(monkeypatch):
     assert mode == "loop"  # vmap failed, then is_grads_batched failed
     torch.testing.assert_close(div, 2 * x.sum(1), rtol=0, atol=1e-12)
     modes = []
-    real = lik._unit_vjps
-    monkeypatch.setattr(lik, "_unit_vjps", lambda *a: modes.append(a[-1]) or real(*a))
+    real = et.unit_vjps
+    monkeypatch.setattr(et, "unit_vjps", lambda *a: modes.append(a[-1]) or real(*a))
     res = flow_divergence(field, x, t0=0.0, t1=0.5, options=ODEOptions(solver="dopri5", atol=1e-10, rtol=1e-10))
     torch.testing.assert_close(res.div_integral, -2 * torch.log1p(-0.5 * x).sum(1), rtol=0, atol=1e-7)
     # one failed attempt in each batched mode, then unit vectors one at a time for the rest of the solve
@@ -150,22 +137,22 @@ def test_fallback_from_vmap_to_is_grads_batched(monkeypatch):
 
 def test_group_sizes():
     cpu = torch.device("cpu")
-    rows = lik._EXACT_CPU_ROWS
-    assert lik._exact_group("vmap", 100, 9, cpu) == 9
-    assert lik._exact_group("vmap", rows // 4, 9, cpu) == 3  # at most 4: 3 groups of 3
-    assert lik._exact_group("vmap", rows // 8, 9, cpu) == 5  # at most 8: 5 + 4
-    assert lik._exact_group("vmap", rows // 8, 63, cpu) == 8  # 8 groups: 7 x 8 + 7
-    assert lik._exact_group("vmap", rows, 2, cpu) == 1
-    assert lik._exact_group("loop", 10, 9, cpu) == 1
-    assert lik._exact_group("batched", rows, 2, cpu) == 2  # the previous rule: element budget only
-    big = lik._EXACT_BATCH_ELEMENTS // 63 // 10
-    assert lik._exact_group("batched", big, 63, cpu) == 10
-    assert lik._exact_group("vmap", 50, 63, torch.device("meta")) == 63  # other devices: element budget only
+    rows = et.CPU_ROWS
+    assert et.group_size("vmap", 100, 9, cpu) == 9
+    assert et.group_size("vmap", rows // 4, 9, cpu) == 3  # at most 4: 3 groups of 3
+    assert et.group_size("vmap", rows // 8, 9, cpu) == 5  # at most 8: 5 + 4
+    assert et.group_size("vmap", rows // 8, 63, cpu) == 8  # 8 groups: 7 x 8 + 7
+    assert et.group_size("vmap", rows, 2, cpu) == 1
+    assert et.group_size("loop", 10, 9, cpu) == 1
+    assert et.group_size("batched", rows, 2, cpu) == 2  # the previous rule: element budget only
+    big = et.BATCH_ELEMENTS // 63 // 10
+    assert et.group_size("batched", big, 63, cpu) == 10
+    assert et.group_size("vmap", 50, 63, torch.device("meta")) == 63  # other devices: element budget only
 
 
 @pytest.mark.parametrize("first", ["vmap", "batched"])
 def test_nonfinite_velocity_stops_an_adaptive_solve(first, monkeypatch):
-    monkeypatch.setattr(lik, "_EXACT_FIRST", first)
+    monkeypatch.setattr(et, "FIRST", first)
     torch.manual_seed(0)
     net = MLP(2, width=8, depth=1)
     with torch.no_grad():
@@ -192,4 +179,4 @@ def test_benchmark_script_runs_small(tmp_path, monkeypatch):
         torch.set_num_threads(threads)  # the script sets its own thread count
     table = (tmp_path / "smoke.md").read_text()
     assert "| softplus20 | 2 | 16 | vmap-vjp (new) |" in table and "| 3 | 8 | vmap-vjp (new) |" in table
-    assert lik._EXACT_FIRST == "vmap" and lik._EXACT_CPU_ROWS == 8192  # the benchmark restored the settings
+    assert et.FIRST == "vmap" and et.CPU_ROWS == 8192  # the benchmark restored the settings

@@ -41,6 +41,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from . import exact_trace
 from ._checks import positive_int
 from .solvers import NONFINITE_VELOCITY, ODEOptions, make_solver
 
@@ -58,33 +59,6 @@ ESTIMATORS = ("exact", "hutchinson")
 
 #: Above this many dimensions per sample the exact divergence warns (its cost is ``D`` VJPs).
 EXACT_WARN_DIM = 512
-
-#: Most elements of the batched one-hot VJP tensor ``(k, B, D)`` held at once by the exact
-#: divergence; larger problems split the ``D`` unit vectors into groups.
-_EXACT_BATCH_ELEMENTS = 2**24
-
-#: On the CPU the vmapped exact divergence takes ``k`` unit vectors at a time with
-#: ``k * B <= _EXACT_CPU_ROWS`` (at least one; the ``D`` unit vectors split into groups of
-#: near-equal size): one group's activations (``k * B`` rows of the network's width) then stay
-#: cache-sized. Larger groups were slower on the CPU in
-#: ``benchmarks/bench_divergence.py`` (results in ``benchmarks/results/divergence.md``); with
-#: ``B >= _EXACT_CPU_ROWS`` the unit vectors go through one plain backward pass each. Other devices
-#: use whole groups of :data:`_EXACT_BATCH_ELEMENTS`.
-_EXACT_CPU_ROWS = 8192
-
-#: Ways to compute the exact divergence, tried in this order; a field whose backward fails in
-#: one falls back to the next for the rest of the integration:
-#:
-#: * ``"vmap"``: :func:`torch.func.vmap` over ``torch.autograd.grad`` of the one forward pass, in
-#:   groups of unit vectors (see :data:`_EXACT_CPU_ROWS`);
-#: * ``"batched"``: ``torch.autograd.grad(..., is_grads_batched=True)`` in groups of
-#:   :data:`_EXACT_BATCH_ELEMENTS` (the only batched path before; its older vmap runs the
-#:   backward of e.g. softplus, SiLU and clamp one unit vector at a time and concatenates);
-#: * ``"loop"``: one ``torch.autograd.grad`` per unit vector (errors propagate).
-_EXACT_MODES = ("vmap", "batched", "loop")
-
-#: The mode an integration starts in (private; a benchmark sets ``"batched"`` to time the old path).
-_EXACT_FIRST = "vmap"
 
 _DEFAULT_OPTIONS = ODEOptions()
 
@@ -160,7 +134,7 @@ def flow_divergence(
     * ``"exact"``: :math:`\operatorname{tr} \partial f / \partial x = \sum_i e_i^\top J e_i`
       from ``D`` vector-Jacobian products with the unit vectors after one forward pass, in groups
       through :func:`torch.func.vmap` (on the CPU groups of ``k`` with ``k * B <= 8192``, one
-      VJP at a time for larger batches; see :data:`_EXACT_MODES`); if the field's backward cannot
+      VJP at a time for larger batches; see :data:`torchcfm_local.exact_trace.MODES`); if the field's backward cannot
       be vmapped, ``torch.autograd.grad(..., is_grads_batched=True)``, then a plain loop. Cost
       grows with ``D`` (about ``D`` backward passes); warns above :data:`EXACT_WARN_DIM`.
     * ``"hutchinson"``: :math:`\epsilon^\top J \epsilon` with Rademacher probes drawn once,
@@ -355,7 +329,7 @@ def _flow_divergence(field, x, t0, t1, options, estimator, generator) -> FlowDiv
     sign = 1.0 if t1 > t0 else -1.0
     length = abs(t1 - t0)
     probes = _rademacher(x, generator) if estimator == "hutchinson" else None
-    state = {"nfe": 0, "exact": _EXACT_FIRST}
+    state = {"nfe": 0, "exact": exact_trace.FIRST}
 
     def divergence(xs: Tensor, t: Tensor):
         """``field(t, xs)`` and its divergence, both detached; xs ``(B, *shape)``."""
@@ -372,7 +346,7 @@ def _flow_divergence(field, x, t0, t1, options, estimator, generator) -> FlowDiv
                 (vjp,) = torch.autograd.grad(y, xg, probes, allow_unused=True)
                 div = xs.new_zeros(batch) if vjp is None else (vjp * probes).flatten(1).sum(1)
             else:
-                div = _exact_divergence(y, xg, state)
+                div = exact_trace.exact_divergence(y, xg, state)
         return y.detach(), div.detach().to(xs.dtype)
 
     def augmented(s: Tensor, z: Tensor) -> Tensor:
@@ -398,70 +372,6 @@ def _flow_divergence(field, x, t0, t1, options, estimator, generator) -> FlowDiv
         div_integral=end[:, dim].detach(),
         nfe=state["nfe"],
     )
-
-
-def _exact_divergence(y: Tensor, xg: Tensor, state: dict) -> Tensor:
-    r""":math:`\sum_i \partial y_i / \partial x_i` per sample from ``D`` unit-vector VJPs.
-
-    All VJPs reuse the one forward pass (graph ``y(xg)``); ``state["exact"]`` names the way they
-    are batched (:data:`_EXACT_MODES`). If the field's backward fails in a batched mode, the group
-    is retried in the next mode, which is kept for the rest of the integration; errors of the
-    last mode (one VJP at a time) propagate.
-    """
-    batch, dim = y.shape[0], y[0].numel()
-    div = y.new_zeros(batch)
-    start = 0
-    while start < dim:
-        mode = state["exact"]
-        stop = min(dim, start + _exact_group(mode, batch, dim, y.device))
-        try:
-            g = _unit_vjps(y, xg, start, stop, mode)
-        except Exception:  # any failure of a batched backward: retry this group in the next mode
-            if mode == _EXACT_MODES[-1]:
-                raise
-            state["exact"] = _EXACT_MODES[_EXACT_MODES.index(mode) + 1]
-            continue
-        if g is not None:  # g: (k, B, D); take component start + j of row j
-            j = torch.arange(stop - start, device=y.device)
-            div += g[j, :, start + j].sum(0)
-        start = stop
-    return div
-
-
-def _exact_group(mode: str, batch: int, dim: int, device: torch.device) -> int:
-    """How many unit vectors one backward call of ``mode`` takes."""
-    if mode == "loop":
-        return 1
-    group = max(1, min(dim, _EXACT_BATCH_ELEMENTS // max(1, batch * dim)))
-    if mode == "vmap":
-        if device.type == "cpu":
-            group = max(1, min(group, _EXACT_CPU_ROWS // max(1, batch)))
-        group = -(-dim // -(-dim // group))  # as many groups, of near-equal sizes (9 -> 5 + 4, not 8 + 1)
-    return group
-
-
-def _unit_vjps(y: Tensor, xg: Tensor, start: int, stop: int, mode: str) -> Optional[Tensor]:
-    """``(e_i^T dy/dx)`` for ``i`` in ``[start, stop)`` as ``(stop - start, B, D)``, or ``None`` if
-    ``y`` does not depend on ``xg``."""
-    batch, dim, k = y.shape[0], y[0].numel(), stop - start
-    basis = torch.zeros(k, batch, dim, dtype=y.dtype, device=y.device)
-    j = torch.arange(k, device=y.device)
-    basis[j, :, start + j] = 1.0
-    basis = basis.reshape(k, *y.shape)
-    if k == 1 or mode == "loop":
-        (g,) = torch.autograd.grad(y, xg, basis[0], retain_graph=True, allow_unused=True)
-        return None if g is None else g.reshape(1, batch, dim)
-    if mode == "batched":
-        (g,) = torch.autograd.grad(y, xg, basis, retain_graph=True, is_grads_batched=True, allow_unused=True)
-        return None if g is None else g.reshape(k, batch, dim)
-
-    def vjp(v: Tensor) -> Tensor:
-        (g,) = torch.autograd.grad(y, xg, v, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(xg) if g is None else g
-
-    with warnings.catch_warnings():  # ops without a batching rule still work, one vector at a time
-        warnings.filterwarnings("ignore", message=".*performance drop.*batching rule")
-        return torch.func.vmap(vjp)(basis).reshape(k, batch, dim)
 
 
 def _rademacher(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
