@@ -9,7 +9,7 @@ against epochs (mean ± SE bands over training seeds) and, on the point task,
     python benchmarks/bench_policy.py --h0 0.2 --rho 1.25 --path linear --ema-decay 0.999
     python benchmarks/bench_policy.py --network unet --width 256
     python benchmarks/bench_policy.py --quick               # a pipeline check (minutes on a laptop)
-    python benchmarks/bench_policy.py --task lift --width 256 --seeds 1 # robosuite: lift, can, square ([robot] extra)
+    python benchmarks/bench_policy.py --task lift --width 256 --seeds 1 # robosuite: lift, can, square, pillar ([robot] extra)
 
 Every recipe flag (``--h0 --rho --blocks --path --network --width --epochs --batch-size --lr
 --weight-decay --warmup --lr-decay --ema-decay``) and its default comes from
@@ -50,6 +50,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, PolicyRecipe]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="point", choices=sorted(TASKS))
     parser.add_argument("--demos", type=int, default=200, help="expert episodes (demo seed 0)")
+    parser.add_argument("--demo-batch", type=int, default=100,
+                        help="expert episodes stepped together (robosuite: ~150 MB of memory each)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..seeds-1")
     parser.add_argument("--eval-every", type=float, default=20, help="epochs between checkpoints")
@@ -66,8 +68,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, PolicyRecipe]:
     if not methods or any(m not in METHODS for m in methods):
         parser.error(f"--methods takes a comma-separated subset of {','.join(METHODS)}, got {args.methods!r}")
     args.methods = methods
-    if args.seeds < 1 or args.episodes < 1 or args.last < 1 or args.demos < 1:
-        parser.error("--seeds, --episodes, --last and --demos must be >= 1")
+    if args.seeds < 1 or args.episodes < 1 or args.last < 1 or args.demos < 1 or args.demo_batch < 1:
+        parser.error("--seeds, --episodes, --last, --demos and --demo-batch must be >= 1")
     try:
         return args, PolicyRecipe.from_args(args)
     except ValueError as err:
@@ -160,7 +162,7 @@ def table(args, recipe, summary, demos, grid, name) -> str:
 def main(argv=None) -> int:
     args, recipe = parse_args(argv)
     grid = checkpoint_epochs(recipe.epochs, args.eval_every)
-    demos = collect_demos(args.task, args.demos, seed=0)
+    demos = collect_demos(args.task, args.demos, seed=0, batch=args.demo_batch)
     env = make_env(args.task)
     final = {}
 
@@ -181,7 +183,8 @@ def main(argv=None) -> int:
         chunk_figure(final, demos, out / f"{name}_chunks.png")
     text = table(args, recipe, summary, demos, grid, name)
     protocol = {"checkpoint_epochs": grid, "seeds": list(range(args.seeds)), "episodes": args.episodes,
-                "eval_seed": args.eval_seed, "last": args.last, "demos": args.demos, "task": args.task}
+                "eval_seed": args.eval_seed, "last": args.last, "demos": args.demos, "demo_batch": args.demo_batch,
+                "task": args.task}
     write_results(out, name, {"recipe": recipe.to_dict(), "protocol": protocol, "summary": summary,
                               "records": records, "demos": demos.meta}, text)
     print(text)

@@ -1,14 +1,12 @@
 """robosuite Lift: the scripted expert, the batched task and a policy rollout (needs the [robot] extra)."""
-import os
 
 import numpy as np
 import pytest
 import torch
 
-if os.environ.get("TORCHCFM_LOCAL_REQUIRE_ROBOT"):  # CI's robot venv: a failed import must fail, not skip
-    import robosuite  # noqa: F401
-else:
-    pytest.importorskip("robosuite", reason="robosuite tasks need the [robot] extra: pip install -e '.[robot]'")
+from robot import require_robosuite
+
+require_robosuite()
 
 from torchcfm_local.policy import collect_demos, evaluate, load_demos, make_env, save_demos  # noqa: E402
 from torchcfm_local.policy.cli import build_policy  # noqa: E402

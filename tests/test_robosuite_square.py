@@ -1,14 +1,12 @@
 """robosuite NutAssemblySquare: the task, its scripted expert and its demos (needs the [robot] extra)."""
 import json
-import os
 
 import numpy as np
 import pytest
 
-if os.environ.get("TORCHCFM_LOCAL_REQUIRE_ROBOT"):  # CI's robot venv: a failed import must fail, not skip
-    import robosuite  # noqa: F401
-else:
-    pytest.importorskip("robosuite", reason="robosuite tasks need the [robot] extra: pip install -e '.[robot]'")
+from robot import require_robosuite
+
+require_robosuite()
 
 from torchcfm_local.policy import TASKS, collect_demos, load_demos, make_env  # noqa: E402
 from torchcfm_local.policy import tasks as tasks_module  # noqa: E402

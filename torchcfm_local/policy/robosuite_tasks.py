@@ -4,16 +4,24 @@ Needs the ``[robot]`` extra (robosuite 1.5.2 with mujoco 3.3.7; see the README).
 Robomimic's low-dimensional setup: a Panda arm under OSC_POSE delta control at 20 Hz,
 observations ``object-state``, ``robot0_eef_pos``, ``robot0_eef_quat``, ``robot0_gripper_qpos``,
 no rendering, ``hard_reset=False`` (fast resets). ``n`` environments are kept and stepped one
-after another in this process; the policy is queried once per step for all of them.
+after another in this process; the policy is queried once per step for all of them. An episode
+ends at the task's success check, at the step limit, or (environments with ``_check_failure``,
+i.e. LiftPillar) at a failure.
 
 Actions (7): position delta (x 0.05 m), axis-angle rotation delta in the base frame (x 0.5 rad),
 gripper (-1 open, +1 close), each in [-1, 1].
 
-Environments and experts: ``Lift`` (:class:`LiftExpert`), ``PickPlaceCan`` (:class:`CanExpert`)
-and ``NutAssemblySquare`` (:class:`SquareExpert`: the square nut onto the square peg). Square's
-``object-state`` (14) is the nut's pose in the gripper's frame, position (3) and quaternion (4,
-x y z w), then in the world (3 + 4); robosuite leaves the gripper-frame part zero in the first
-observation of an episode (its observation cache is empty then).
+Environments and experts: ``Lift`` (:class:`LiftExpert`), ``PickPlaceCan`` (:class:`CanExpert`),
+``NutAssemblySquare`` (:class:`SquareExpert`: the square nut onto the square peg) and our
+``LiftPillar`` (:mod:`.robosuite_pillar` with its ``PillarExpert``: Lift's cube carried past a fixed
+pillar to a goal, left or right of it). The first three experts' modes are harmless to average
+(the MSE regression baseline succeeds on Lift and Can); LiftPillar is built so that the average of
+its expert's two modes runs into the pillar, and touching the pillar ends the episode as a
+failure. Lift's and LiftPillar's ``object-state`` (10) is the cube's position (3) and quaternion
+(4, x y z w), then its position relative to the gripper (3). Square's ``object-state`` (14) is the
+nut's pose in the gripper's frame, position (3) and quaternion (4, x y z w), then in the world
+(3 + 4); robosuite leaves the gripper-frame part zero in the first observation of an episode (its
+observation cache is empty then).
 """
 from __future__ import annotations
 
@@ -80,6 +88,9 @@ class RobosuiteTask:
         from robosuite.controllers import load_composite_controller_config
         from robosuite.utils.log_utils import ROBOSUITE_DEFAULT_LOGGER
 
+        if self.env_name == "LiftPillar":
+            from . import robosuite_pillar  # noqa: F401  (defining the class registers it with robosuite)
+
         ROBOSUITE_DEFAULT_LOGGER.setLevel(logging.ERROR)  # per-env notes on unused controller parts
 
         return suite.make(
@@ -102,6 +113,7 @@ class RobosuiteTask:
             raw.append(env.reset())
         self.done = np.zeros(n, bool)
         self.success = np.zeros(n, bool)
+        self.failed = np.zeros(n, bool)
         self.t = 0
         self.raw = raw
         obs = self._stack(raw)
@@ -120,11 +132,17 @@ class RobosuiteTask:
             if not self.done[i]:
                 self.raw[i], _, _, _ = env.step(np.clip(action[i], -1, 1))
                 self.success[i] = bool(env._check_success())
+                check_failure = getattr(env, "_check_failure", None)  # LiftPillar: the pillar was touched
+                self.failed[i] = check_failure is not None and bool(check_failure())
         self.t += 1
-        self.done |= self.success | (self.t >= self.max_steps)
+        self.done |= self.success | self.failed | (self.t >= self.max_steps)
         return self._stack(self.raw), self.done.copy(), self.success.copy()
 
     def expert(self, seed: int = 0):
+        if self.env_name == "LiftPillar":
+            from .robosuite_pillar import PillarExpert
+
+            return PillarExpert(self, seed)
         experts = {"Lift": LiftExpert, "PickPlaceCan": CanExpert, "NutAssemblySquare": SquareExpert}
         if self.env_name not in experts:
             raise ValueError(f"no scripted expert for {self.env_name}")
@@ -149,45 +167,67 @@ def _down_orientations(raw: list) -> list:
     return out
 
 
-class LiftExpert:
-    """Above the cube (with the gripper's yaw turned to one of the cube's two grasp axes, chosen at
-    random per episode: the multimodal choice), down, close, lift. Position actions get
-    N(0, 0.05^2) noise."""
+class _CubeExpert:
+    """What the cube experts (Lift, LiftPillar) share: per-episode phase and clock, the "gripper
+    down" orientations, and the grasp (phases 0-2)."""
 
-    def __init__(self, task: RobosuiteTask, seed: int = 0):
-        self.rng = np.random.default_rng(seed + 104_729)
+    def __init__(self, task: RobosuiteTask, seed: int):
+        self.rng = np.random.default_rng(seed)
         n = len(task.active)
-        self.axis = self.rng.integers(0, 2, n)
         self.phase = np.zeros(n, int)
         self.clock = np.zeros(n, int)
         self.down = _down_orientations(task.raw)
         self.grasp_at = [None] * n
 
+    @staticmethod
+    def _view(obs: dict, i: int) -> tuple:
+        """Episode ``i``'s eef position, eef orientation (matrix), cube position and cube yaw."""
+        eef, cube = obs["robot0_eef_pos"][i].astype(float), obs["object-state"][i][:3].astype(float)
+        m = _quat_to_mat(obs["robot0_eef_quat"][i].astype(float))
+        return eef, m, cube, _yaw(_quat_to_mat(obs["object-state"][i][3:7].astype(float)))
+
+    def _grasp(self, i: int, eef, m, cube, want: float) -> tuple:
+        """Phases 0-2 for episode ``i``: above the cube with the gripper at yaw ``want``, down to it,
+        then closed for 8 steps; the grasp position goes to ``grasp_at[i]`` and the phase to 3.
+        Returns this step's (target, grip), or (None, 1.0), closed, once past these phases."""
+        if self.phase[i] == 0:  # above the cube, turned
+            target = cube + [0, 0, 0.08]
+            if np.linalg.norm(target - eef) < 0.015 and abs(_wrap(_yaw(m) - want)) < 0.08:
+                self.phase[i] = 1
+            else:
+                return target, -1.0
+        if self.phase[i] == 1:  # down to the cube
+            target = cube + [0, 0, -0.005]
+            if abs(target[2] - eef[2]) >= 0.01:
+                return target, -1.0
+            self.phase[i], self.clock[i] = 2, 0
+        if self.phase[i] == 2:  # close
+            self.clock[i] += 1
+            if self.clock[i] >= 8:
+                self.phase[i], self.grasp_at[i] = 3, eef.copy()
+            return cube + [0, 0, -0.005], 1.0
+        return None, 1.0
+
+
+class LiftExpert(_CubeExpert):
+    """Above the cube (with the gripper's yaw turned to one of the cube's two grasp axes, chosen at
+    random per episode: the multimodal choice), down, close, lift. Position actions get
+    N(0, 0.05^2) noise."""
+
+    def __init__(self, task: RobosuiteTask, seed: int = 0):
+        super().__init__(task, seed + 104_729)
+        self.axis = self.rng.integers(0, 2, len(task.active))
+
     def act(self, obs: dict) -> np.ndarray:
         n = len(self.phase)
         out = np.zeros((n, 7))
         for i in range(n):
-            eef, cube = obs["robot0_eef_pos"][i].astype(float), obs["object-state"][i][:3].astype(float)
-            m = _quat_to_mat(obs["robot0_eef_quat"][i].astype(float))
-            cube_yaw = _yaw(_quat_to_mat(obs["object-state"][i][3:7].astype(float)))
+            eef, m, cube, cube_yaw = self._view(obs, i)
             want = cube_yaw + self.axis[i] * np.pi / 2
             want += np.pi * np.round((_yaw(m) - want) / np.pi)  # the gripper is symmetric under a half turn
-            grip = -1.0
-            if self.phase[i] == 0:  # above the cube, turned
-                target = cube + [0, 0, 0.08]
-                if np.linalg.norm(target - eef) < 0.015 and abs(_yaw(m) - want) < 0.08:
-                    self.phase[i] = 1
-            if self.phase[i] == 1:  # down to the cube
-                target = cube + [0, 0, -0.005]
-                if abs(target[2] - eef[2]) < 0.01:
-                    self.phase[i], self.clock[i] = 2, 0
-            if self.phase[i] == 2:  # close
-                target, grip = cube + [0, 0, -0.005], 1.0
-                self.clock[i] += 1
-                if self.clock[i] >= 8:
-                    self.phase[i], self.grasp_at[i] = 3, eef.copy()
+            target, grip = self._grasp(i, eef, m, cube, want)
             if self.phase[i] == 3:  # lift
-                target, grip = self.grasp_at[i] + [0, 0, 0.2], 1.0
+                target = self.grasp_at[i] + [0, 0, 0.2]
             out[i] = _pose_action(self.rng, eef, m, target, _rot_z(want) @ self.down[i], grip)
         return out
 

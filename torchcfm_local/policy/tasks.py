@@ -8,7 +8,9 @@ An environment steps ``n`` episodes at once (one process, batched policy inferen
 * ``expert(seed)``: a scripted policy with ``act(obs) -> (n, Da)`` for the current batch.
 
 Tasks: ``point`` (below), ``lift``, ``can`` and ``square`` (robosuite's Lift, PickPlaceCan and
-NutAssemblySquare, :mod:`.robosuite_tasks`; they need the ``[robot]`` extra).
+NutAssemblySquare, :mod:`.robosuite_tasks`) and ``pillar`` (robosuite's Lift with a fixed pillar
+between the cube and its goal, :mod:`.robosuite_pillar`: the robot counterpart of ``point``); the
+robosuite tasks need the ``[robot]`` extra.
 
 ``point`` is a pure-numpy toy task for tests and quick runs: a point must reach a goal behind a
 round obstacle; the expert passes left or right with equal probability, so the average of its
@@ -106,8 +108,14 @@ def _square(**kwargs):
     return RobosuiteTask("NutAssemblySquare", **{"max_steps": 400, **kwargs})
 
 
+def _pillar(**kwargs):
+    from .robosuite_tasks import RobosuiteTask
+
+    return RobosuiteTask("LiftPillar", **{"max_steps": 200, **kwargs})
+
+
 #: task name -> environment constructor; robosuite tasks need the ``[robot]`` extra.
-TASKS = {"point": PointObstacle, "lift": _lift, "can": _can, "square": _square}
+TASKS = {"point": PointObstacle, "lift": _lift, "can": _can, "square": _square, "pillar": _pillar}
 
 
 def make_env(name: str, **kwargs):

@@ -1,0 +1,85 @@
+"""The LiftPillar expert (task ``pillar``): success rate and the split between its two modes.
+
+Writes ``benchmarks/results/pillar_expert.{json,md}``. Episodes are seeded as
+:func:`torchcfm_local.policy.collect_demos` seeds them (batch b: environment and expert seed
+``seed * 1000 + b``), so ``--episodes 100 --seed 0 --batch 20`` runs the episodes that
+``collect_demos("pillar", 100, seed=0, batch=20)`` keeps demos from. A mode is read twice: the
+side the expert drew (``side``) and the side of the pillar its cube passed on (the mean y of the
+cube while beside the pillar); they agree on every episode that passes it.
+
+    python benchmarks/pillar_expert.py --episodes 100 --batch 20     # needs the [robot] extra
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from torchcfm_local.bench.report import write_results
+from torchcfm_local.policy import make_env
+from torchcfm_local.policy.robosuite_pillar import PILLAR_CENTER, PILLAR_HALF
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(episodes: int, seed: int, batch: int) -> list[dict]:
+    env, rows = make_env("pillar"), []
+    for b, start in enumerate(range(0, episodes, batch)):
+        n = min(batch, episodes - start)
+        obs = env.reset(n, seed=seed * 1000 + b)
+        expert = env.expert(seed * 1000 + b)
+        cubes, done, steps = [obs["object-state"][:, :3]], np.zeros(n, bool), np.zeros(n, int)
+        while not done.all():
+            steps += ~done
+            obs, done, success = env.step(expert.act(obs))
+            cubes.append(obs["object-state"][:, :3])
+        cubes = np.stack(cubes)
+        for i in range(n):
+            beside = np.abs(cubes[:, i, 0] - PILLAR_CENTER[0]) < PILLAR_HALF[0]
+            passed = int(np.sign(cubes[beside, i, 1].mean())) if beside.any() else 0
+            rows.append({"seed": seed * 1000 + b, "index": i, "side": int(expert.side[i]), "passed": passed,
+                         "success": bool(success[i]), "touched": bool(env.failed[i]), "steps": int(steps[i])})
+        print(f"batch {b}: {int(success.sum())}/{n}", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=20, help="episodes stepped together (~150 MB each)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    rows = run(args.episodes, args.seed, args.batch)
+    won = [r for r in rows if r["success"]]
+    count = lambda rs, key, v: sum(r[key] == v for r in rs)  # noqa: E731
+    lengths = [r["steps"] for r in won]
+    summary = {
+        "episodes": len(rows), "successes": len(won), "success_rate": len(won) / len(rows),
+        "touched_pillar": count(rows, "touched", True),
+        "drawn": {"left (+1)": count(rows, "side", 1), "right (-1)": count(rows, "side", -1)},
+        "successes_passed": {"left (+1)": count(won, "passed", 1), "right (-1)": count(won, "passed", -1)},
+        "passed_on_drawn_side": sum(r["passed"] == r["side"] for r in rows if r["passed"]),
+        "steps_of_successes": {"min": min(lengths, default=None),
+                               "median": float(np.median(lengths)) if lengths else None,
+                               "max": max(lengths, default=None)},
+    }
+    text = "\n".join([
+        f"## pillar expert: {len(won)}/{len(rows)} successes (seed {args.seed}, batches of {args.batch})", "",
+        "| | left of the pillar (y > 0) | right (y < 0) |", "|---|---|---|",
+        f"| side drawn | {summary['drawn']['left (+1)']} | {summary['drawn']['right (-1)']} |",
+        f"| successes, by the side the cube passed on | {summary['successes_passed']['left (+1)']} "
+        f"| {summary['successes_passed']['right (-1)']} |", "",
+        f"Pillar touched in {summary['touched_pillar']} episodes; {summary['passed_on_drawn_side']} episodes passed "
+        f"on the side drawn. Steps of the successes: {summary['steps_of_successes']} (limit "
+        f"{make_env('pillar').max_steps}).",
+    ])
+    write_results(args.out, "pillar_expert", {"args": vars(args), "summary": summary, "episodes": rows}, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

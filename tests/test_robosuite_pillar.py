@@ -1,0 +1,74 @@
+"""robosuite LiftPillar (task ``pillar``): the cube carried past a pillar, left or right (needs the [robot] extra)."""
+
+import numpy as np
+import pytest
+
+from robot import require_robosuite
+
+require_robosuite()
+
+from torchcfm_local.policy import TASKS, collect_demos, make_env  # noqa: E402
+from torchcfm_local.policy.robosuite_pillar import GOAL, PILLAR_CENTER, PILLAR_HALF, START, PillarExpert  # noqa: E402
+from torchcfm_local.policy.robosuite_tasks import OBS_KEYS  # noqa: E402
+
+#: object-state as Lift's: the cube's position (3), orientation (4, x y z w), position relative to the eef (3)
+PILLAR_DIMS = {"object-state": 10, "robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_env("pillar")
+
+
+def test_pillar_env_observations_and_layout(task):
+    assert task.env_name == "LiftPillar" and task.max_steps == 200 and task.action_dim == 7
+    obs = task.reset(2, seed=3)
+    assert set(obs) == set(OBS_KEYS) and task.obs_dims == PILLAR_DIMS
+    for key, value in obs.items():
+        assert value.shape == (2, PILLAR_DIMS[key]) and value.dtype == np.float32 and np.isfinite(value).all()
+    cube = obs["object-state"][:, :3]
+    assert np.allclose(cube, [r["cube_pos"] for r in task.raw])
+    assert (np.abs(cube[:, :2] - START) <= 0.02 + 1e-6).all()  # the cube starts on the robot's side of the pillar
+    env = task.active[0]
+    body = env.sim.model.body_name2id(env.pillar.root_body)
+    assert np.allclose(env.sim.data.body_xpos[body], PILLAR_CENTER)  # a physical box, fixed on the table
+    assert env.sim.model.body_weldid[body] == 0 and (env.sim.model.geom_contype[list(env._pillar_geoms)] > 0).all()
+    assert START[0] < PILLAR_CENTER[0] - PILLAR_HALF[0] and GOAL[0] > PILLAR_CENTER[0] + PILLAR_HALF[0]
+    obs, done, success = task.step(np.zeros((2, 7)))
+    assert all(v.shape == (2, PILLAR_DIMS[k]) and np.isfinite(v).all() for k, v in obs.items())
+    assert not done.any() and not success.any() and not task.failed.any()
+    assert isinstance(task.expert(0), PillarExpert)
+
+
+def test_the_average_of_the_modes_hits_the_pillar(task):
+    """The expert with side 0, the mean of its two modes (-1 and +1): straight from the start to the
+    goal. It touches the pillar, which ends the episode as a failure, long before the step limit."""
+    task.reset(2, seed=0)
+    expert = task.expert(0)
+    expert.side[:] = 0.0
+    obs, done, steps = task._stack(task.raw), np.zeros(2, bool), 0
+    while not done.all():
+        obs, done, success = task.step(expert.act(obs))
+        steps += 1
+    assert task.failed.all() and not success.any() and steps < 90  # the expert needs more than 100 steps to the goal
+    assert all(env.touched for env in task.active) and not any(env._check_success() for env in task.active)
+
+
+def test_pillar_expert_succeeds_in_both_modes():
+    demos = collect_demos("pillar", 6, seed=0, batch=6)
+    # the expert's success rate and side split over 100 episodes: benchmarks/results/pillar_expert.md
+    assert demos.meta["expert_success_rate"] == 1.0 and demos.n_episodes == 6
+    assert demos.obs_dims == PILLAR_DIMS and demos.action.shape[1] == 7 and np.abs(demos.action).max() <= 1.0
+    lengths = np.diff(np.concatenate([[0], demos.episode_ends]))
+    assert (lengths < TASKS["pillar"]().max_steps).all()
+    # which side each episode passed on, read off the cube's path: its y while beside the pillar
+    sides = []
+    for start, stop in demos.episodes():
+        cube = demos.obs["object-state"][start:stop, :3]
+        beside = np.abs(cube[:, 0] - PILLAR_CENTER[0]) < PILLAR_HALF[0]
+        assert beside.any() and (np.abs(cube[beside, 1]) > PILLAR_HALF[1] + 0.1).all()
+        sides.append(np.sign(cube[beside, 1].mean()))
+    assert set(sides) == {-1.0, 1.0}
+    task = make_env("pillar")
+    task.reset(6, seed=0)
+    assert list(task.expert(0).side) == sides  # the expert's random choice is the side it passed on

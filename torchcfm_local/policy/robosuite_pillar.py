@@ -1,0 +1,167 @@
+"""``LiftPillar``: robosuite's Lift with a fixed pillar between the cube and its goal (imports robosuite).
+
+Importing this module registers the environment with robosuite (``suite.make("LiftPillar")``);
+:mod:`.robosuite_tasks` imports it when it builds one. See :class:`LiftPillar` and its scripted
+expert, :class:`PillarExpert`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from robosuite.environments.manipulation.lift import Lift
+from robosuite.models.objects import BoxObject
+from robosuite.utils.mjcf_utils import array_to_string
+from robosuite.utils.placement_samplers import UniformRandomSampler
+
+from .robosuite_tasks import RobosuiteTask, _CubeExpert, _pose_action, _rot_z, _wrap, _yaw
+
+__all__ = ["LiftPillar", "PillarExpert", "PILLAR_CENTER", "PILLAR_HALF", "START", "GOAL", "GOAL_RADIUS"]
+
+TABLE_Z = 0.8  #: height of the table's top (Lift's table_offset)
+#: the pillar: a box fixed on the table (no joint), its half sizes and centre (m): 6 x 10 cm, 10.5 cm tall
+PILLAR_HALF = np.array([0.03, 0.05, 0.0525])
+PILLAR_CENTER = np.array([0.0, 0.0, TABLE_Z + PILLAR_HALF[2]])
+#: the cube's start (its centre is placed within +-0.02 m of it in x and y, any yaw) and its goal (x, y)
+START = np.array([-0.16, 0.0])
+GOAL = np.array([0.18, 0.0])
+#: success: the cube's centre within this distance (m) of the goal in x and y, ...
+GOAL_RADIUS = 0.05
+GOAL_MAX_Z = TABLE_Z + 0.04  #: ... and below this height: on the table or held just above it
+
+
+class LiftPillar(Lift):
+    """Lift's table, Panda arm and cube (same sizes, same observations) plus a pillar between the
+    cube and its goal: the cube starts at :data:`START` (+-2 cm, any yaw), 16 cm in front of the
+    pillar's centre, and must be set down on the goal, :data:`GOAL`, 18 cm behind it. Robot
+    frame: x points away from the robot's base (at x = -0.56), y to its left.
+
+    The pillar is a physical, static box (no joint) on the table at :data:`PILLAR_CENTER`, 6 cm
+    deep (x), 10 cm wide (y) and 10.5 cm tall (:data:`PILLAR_HALF`). Every MuJoCo contact between
+    the pillar and a movable body (a link of the arm, the gripper, the cube) counts as touching it;
+    contacts are read at every physics step (25 per control step), so a graze between two control
+    steps counts too. ``touched`` stays True until the next reset, and :meth:`_check_failure`
+    reports it (:class:`~torchcfm_local.policy.robosuite_tasks.RobosuiteTask` ends the episode).
+
+    Success (:meth:`_check_success`): the pillar has not been touched, and the cube's centre is
+    within :data:`GOAL_RADIUS` (5 cm) of the goal in x and y and below :data:`GOAL_MAX_Z` (on the
+    table, or held less than 2 cm above it).
+
+    Geometry: carried at the expert's height (gripper at z = 0.9), the cube and the fingertips are
+    level with the pillar and the hand (20 cm across) clears its top by 1.5 cm. Cube and fingers
+    pass it with the gripper at |y| >= 0.10-0.12 m; the straight line from the start to the goal
+    (y = 0) runs into it. Lifting the cube 3 cm higher would also clear it (the expert never does).
+    The arm's links pass above the pillar when the cube is on the goal, but lowering the cube
+    with the gripper at x < ~0.08 brings the hand down onto the pillar.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.touched = False
+        super().__init__(*args, **kwargs)
+
+    def _load_model(self):
+        super()._load_model()
+        self.pillar = BoxObject(name="pillar", size=PILLAR_HALF.tolist(), rgba=[0.3, 0.3, 0.8, 1], joints=None)
+        self.pillar.get_obj().set("pos", array_to_string(PILLAR_CENTER))
+        self.goal_marker = BoxObject(name="goal", size=[GOAL_RADIUS, GOAL_RADIUS, 0.001], rgba=[0, 1, 0, 0.5],
+                                     obj_type="visual", joints=None)
+        self.goal_marker.get_obj().set("pos", array_to_string([*GOAL, TABLE_Z + 0.001]))
+        self.model.merge_objects([self.pillar, self.goal_marker])
+        self.placement_initializer = UniformRandomSampler(
+            name="ObjectSampler", mujoco_objects=self.cube, x_range=[-0.02, 0.02], y_range=[-0.02, 0.02],
+            rotation=None, ensure_object_boundary_in_range=False, ensure_valid_placement=True,
+            reference_pos=np.array([*START, TABLE_Z]), z_offset=0.01, rng=self.rng,
+        )
+
+    def _setup_references(self):
+        super()._setup_references()
+        model = self.sim.model
+        self._pillar_geoms = {model.geom_name2id(g) for g in self.pillar.contact_geoms}
+        # static geoms (the table, the floor) touch the pillar without counting
+        self._moving_geom = model.body_weldid[model.geom_bodyid] != 0
+
+    def _touching(self) -> bool:
+        data = self.sim.data
+        for k in range(data.ncon):
+            c = data.contact[k]
+            g1, g2 = int(c.geom1), int(c.geom2)
+            if g1 in self._pillar_geoms and self._moving_geom[g2] or g2 in self._pillar_geoms and self._moving_geom[g1]:
+                return True
+        return False
+
+    def _reset_internal(self):
+        super()._reset_internal()
+        self.touched = False
+
+    def _pre_action(self, action, policy_step=False):
+        # called at every physics step, after the collision detection of that step
+        self.touched = self.touched or self._touching()
+        super()._pre_action(action, policy_step)
+
+    def _post_action(self, action):
+        self.touched = self.touched or self._touching()
+        return super()._post_action(action)
+
+    def _check_failure(self) -> bool:
+        return bool(self.touched)
+
+    def _check_success(self) -> bool:
+        if self.touched:
+            return False
+        cube = self.sim.data.body_xpos[self.cube_body_id]
+        return bool(np.linalg.norm(cube[:2] - GOAL) < GOAL_RADIUS and cube[2] < GOAL_MAX_Z)
+
+
+class PillarExpert(_CubeExpert):
+    """The scripted expert for :class:`LiftPillar`: grasp the cube as :class:`LiftExpert` does (the fingers
+    across two of the cube's faces, on the grasp axis nearest the gripper's yaw 0); lift it to the
+    carry height over a fixed staging point, turning the gripper to yaw 0; head for a via-point
+    beside the pillar at y = ``side`` * 0.2 m (sideways and forward at once, forward at 0.6 of the
+    usual gain), then one past it, then over the goal; lower the cube onto the goal. ``side`` (-1
+    or +1) is drawn at random per episode: the two modes, left and right of the pillar. Every
+    episode leaves the staging point in about the same state, the two modes with the same forward
+    action and opposite sideways ones, so their average heads straight into the pillar (the
+    expert with ``side`` = 0 touches it every time). Position actions get N(0, 0.05^2) noise.
+    """
+
+    CARRY_Z = 0.9  #: eef height while carrying: the pillar's top (0.905) is between the fingertips and the hand
+    STAGE = np.array([-0.16, 0.0])  #: xy of the staging point, over the cube's mean start
+    SIDE_Y = 0.2  #: |y| of the via-points: fingers and cube (within 5 cm of the eef) clear the pillar (y 0.05) by 10 cm
+    BESIDE_X, PAST_X = -0.04, 0.07  #: x of the via-points (the pillar spans x = -0.03 .. 0.03)
+    FORWARD_GAIN = 0.6  #: scales the forward part of the position action towards the first via-point
+
+    def __init__(self, task: RobosuiteTask, seed: int = 0):
+        super().__init__(task, seed + 170_881)
+        self.goal, self.table_z = GOAL, TABLE_Z
+        self.side = self.rng.choice([-1.0, 1.0], size=len(task.active))
+
+    def act(self, obs: dict) -> np.ndarray:
+        n = len(self.phase)
+        out = np.zeros((n, 7))
+        for i in range(n):
+            eef, m, cube, cube_yaw = self._view(obs, i)
+            want = _wrap(cube_yaw, np.pi / 2)  # the grasp axis nearest yaw 0 (a cube repeats every quarter turn)
+            carry, side = self.CARRY_Z, self.side[i]
+            if self.phase[i] >= 3:  # holding: the gripper at yaw 0
+                want = 0.0
+            target, grip = self._grasp(i, eef, m, cube, want)
+            if self.phase[i] == 3:  # lift, over the staging point, turning to yaw 0
+                target = np.array([*self.STAGE, carry])
+                if np.linalg.norm(target - eef) < 0.01 and abs(_wrap(_yaw(m))) < 0.05:
+                    self.phase[i] = 4
+            if self.phase[i] == 4:  # beside the pillar: the multimodal choice
+                target = np.array([self.BESIDE_X, side * self.SIDE_Y, carry])
+                if np.linalg.norm(target - eef) < 0.03:
+                    self.phase[i] = 5
+                else:  # sideways faster than forward
+                    target = eef + np.array([self.FORWARD_GAIN, 1.0, 1.0]) * (target - eef)
+            if self.phase[i] == 5:  # past it
+                target = np.array([self.PAST_X, side * self.SIDE_Y, carry])
+                if np.linalg.norm(target - eef) < 0.03:
+                    self.phase[i] = 6
+            if self.phase[i] == 6:  # over the goal
+                target = np.array([*self.goal, carry])
+                if np.linalg.norm((target - eef)[:2]) < 0.01:
+                    self.phase[i] = 7
+            if self.phase[i] == 7:  # down onto the goal
+                target = np.array([*self.goal, self.table_z + 0.015])
+            out[i] = _pose_action(self.rng, eef, m, target, _rot_z(want) @ self.down[i], grip)
+        return out
