@@ -33,8 +33,9 @@ def test_ema_weights_become_the_block():
             seen.append(weight.detach().clone())  # raw weights after each optimizer step
 
     lfm.fit(x, batches_per_block=20, batch_size=50, seed=0, ema_decay=decay, callback=record, progress=False)
-    for w in seen:
-        ema = decay * ema + (1 - decay) * w
+    for step, w in enumerate(seen):
+        d = min(decay, (1 + step) / (10 + step))  # the warmed-up decay
+        ema = d * ema + (1 - d) * w
     assert len(seen) == 20
     assert torch.allclose(lfm.nets[0].net[0].weight, ema, atol=1e-6)
     assert not torch.allclose(lfm.nets[0].net[0].weight, seen[-1], atol=1e-4)  # not the raw weights

@@ -105,9 +105,9 @@ def _snapshots(policy, demos, recipe: PolicyRecipe, epochs: list, seed: int, pro
     ema = None if recipe.ema_decay is None else EMA(module, float(recipe.ema_decay))
     saved, start = [], time.perf_counter()
 
-    def record(step: int):
+    def record(step: int):  # step: optimizer steps done
         if ema is not None:
-            ema.update()
+            ema.update(step - 1)
         for _ in [e for s, e in targets if s == step]:
             state = {k: v.detach().clone() for k, v in module.state_dict().items()}
             if ema is not None:

@@ -88,8 +88,10 @@ class FitConfig:
         cond_dropout: probability of replacing a training row's condition by the null
             condition, which enables classifier-free guidance at sampling time.
         warmup: batches of linear learning-rate warm-up at the start of every block.
-        ema_decay: keep an exponential moving average of each block's weights (e.g. 0.9999)
-            and make it the block's final weights, used for the pushforward and sampling.
+        ema_decay: keep an exponential moving average of each block's weights (e.g. 0.999)
+            and make it the block's final weights, used for the pushforward and sampling. The
+            decay is warmed up, ``min(ema_decay, (1 + step) / (10 + step))``, so that a short
+            run's average does not keep the random initial weights (:class:`~.loop.EMA`).
         amp: bfloat16 autocast of the forward pass (CUDA models only).
         pool: where block n's data-side samples ``x_{n-1}`` come from; each is paired with its OU
             partner by the block's matcher either way.

@@ -50,8 +50,9 @@ class OptimConfig:
         lr_decay: ``None`` (constant) or ``"cosine"`` (to 0 over the run).
         warmup: batches of linear warm-up at the start of the run.
         grad_clip: max gradient norm, or ``None``.
-        ema_decay: keep an exponential moving average of the weights with this decay (in (0, 1))
-            and make it the final weights; ``None`` disables it.
+        ema_decay: keep an exponential moving average of the weights with this decay (in (0, 1),
+            warmed up over the first steps, see :class:`EMA`) and make it the final weights;
+            ``None`` disables it.
         amp: bfloat16 autocast of the loss (CUDA only; checked by the caller, who knows the device).
     """
 
@@ -86,8 +87,13 @@ class OptimConfig:
 class EMA:
     """Exponential moving average of a module's floating-point state (weights and float buffers).
 
-    ``update()``: ``avg <- decay * avg + (1 - decay) * current`` for every entry; ``state`` is a
-    plain dict of tensors (what a checkpoint stores); ``copy_to()`` makes the average the weights.
+    ``update(step)``: ``avg <- d * avg + (1 - d) * current`` for every entry, with the decay warmed
+    up over the first steps, ``d = min(decay, (1 + step) / (10 + step))`` (``step``: updates done
+    before this one). Without the warm-up the average starts at the random initial weights and
+    keeps ``decay ** steps`` of them, which a short run never sheds (0.999 over 500 steps keeps
+    61%); with it the average covers about the last tenth of the steps until ``decay`` takes over.
+    ``state`` is a plain dict of tensors (what a checkpoint stores); ``copy_to()`` makes the
+    average the weights.
     """
 
     def __init__(self, module: nn.Module, decay: float, state: Optional[dict] = None):
@@ -98,10 +104,15 @@ class EMA:
         # state_dict tensors share storage with the weights the optimizer updates in place
         self._pairs = [(avg, current[k]) for k, avg in self.state.items()]
 
+    def decay_at(self, step: int) -> float:
+        """The decay used by the update after ``step`` earlier updates."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self):
+    def update(self, step: int):
+        weight_of_current = 1 - self.decay_at(step)
         for avg, weight in self._pairs:
-            avg.lerp_(weight, 1 - self.decay)
+            avg.lerp_(weight, weight_of_current)
 
     def copy_to(self):
         self.module.load_state_dict({**self.module.state_dict(), **self.state})
@@ -184,7 +195,7 @@ class StepLoop:
                 self.opt.step()
                 self.scheduler.step()
                 if self.ema is not None:
-                    self.ema.update()
+                    self.ema.update(self.step)
                 self.step += 1
                 self.losses.append(value)
                 bar.update(1)
