@@ -1,18 +1,20 @@
 """Global FM policy vs LFM policy vs regression at equal parameters and epochs, by Diffusion Policy's protocol.
 
 Writes ``benchmarks/results/policy_<task>.{json,md,png}`` (``policy_<task>_unet`` with U-Nets,
-``_quick`` with ``--quick``): per-checkpoint records, per-method summaries, the success rate
-against epochs (mean ± SE bands over training seeds) and, on the point task,
+``_shared`` with shared LFM blocks, ``_ou`` with the OU pool and separate blocks, ``_quick`` with
+``--quick``): per-checkpoint records, per-method summaries, the success rate against epochs
+(mean ± SE bands over training seeds) and, on the point task,
 ``policy_<task>_chunks.png`` (chunks sampled from one start state: both expert modes should show).
 
     python benchmarks/bench_policy.py                       # point task, the default recipe, 3 seeds
     python benchmarks/bench_policy.py --h0 0.2 --rho 1.25 --path linear --ema-decay 0.999
     python benchmarks/bench_policy.py --network unet --width 256
+    python benchmarks/bench_policy.py --pool ou --shared --lr-decay cosine # LFM blocks share one network
     python benchmarks/bench_policy.py --quick               # a pipeline check (minutes on a laptop)
     python benchmarks/bench_policy.py --task lift --width 256 --seeds 1 # robosuite: lift, can, square, pillar ([robot] extra)
 
 Every recipe flag (``--h0 --rho --blocks --path --network --width --epochs --batch-size --lr
---weight-decay --warmup --lr-decay --ema-decay``) and its default comes from
+--weight-decay --warmup --lr-decay --ema-decay --pool --shared``) and its default comes from
 :class:`torchcfm_local.policy.recipe.PolicyRecipe`, as in ``lfm-policy train``.
 
 Protocol (:mod:`torchcfm_local.policy.protocol`, Diffusion Policy's): one demo set (``--demos``
@@ -134,6 +136,18 @@ def _pm(stat, digits=2):
     return f"{stat['mean']:.{digits}f}" + ("" if stat["se"] is None else f" ± {stat['se']:.{digits}f}")
 
 
+def lfm_description(recipe) -> str:
+    """How the table describes the LFM policy: blocks, schedule, path, and the pool and shared network when set."""
+    text = (f"LFM: {recipe.blocks} blocks, OUSchedule(h0={recipe.h0:g}, rho={recipe.rho:g}, N={recipe.blocks}), "
+            f"{recipe.path} path")
+    if recipe.shared:
+        text += ("; the blocks share one network with a learned block embedding (as many parameters as "
+                 "separate blocks of the recipe's width), trained jointly on the OU pool")
+    elif recipe.pool == "ou":
+        text += "; each block trained on the OU pool (the exact OU marginal of the demos, no pushforward)"
+    return text
+
+
 def table(args, recipe, summary, demos, grid, name) -> str:
     seeds = args.seeds
     lines = [f"## {args.task} task: success rate over {args.episodes} fixed test states, mean ± SE over {seeds} "
@@ -149,12 +163,12 @@ def table(args, recipe, summary, demos, grid, name) -> str:
         lines.append(f"| {method} | " + " | ".join(_pm(p) for p in row["curve"]) + " |")
     lines += ["", f"Recipe: `{recipe.to_dict()}`.",
               f"Demos: {args.demos} expert episodes (expert success {demos.meta['expert_success_rate']:.2f}), "
-              f"{demos.action.shape[0]} steps. Policies: To=2, H=16, Ta=8; LFM: {recipe.blocks} blocks, "
-              f"OUSchedule(h0={recipe.h0:g}, rho={recipe.rho:g}, N={recipe.blocks}), {recipe.path} path; the global network is widened to LFM's parameters; sampling: RK4, "
-              "16 steps over all blocks.",
+              f"{demos.action.shape[0]} steps. Policies: To=2, H=16, Ta=8; {lfm_description(recipe)}; the global "
+              "network is widened to LFM's parameters; sampling: RK4, 16 steps over all blocks.",
               "Checkpoint at epoch e = the policy a total budget of e epochs produces (from the same seed): "
-              "`snapshot` = read off one run per seed, `run` = one training run per checkpoint (LFM trains its "
-              "blocks one after the other). Max and last-k are taken per seed, then mean ± SE over seeds.",
+              "`snapshot` = read off one run per seed, `run` = one training run per checkpoint (LFM has no "
+              "usable policy before all its blocks are trained). "
+              "Max and last-k are taken per seed, then mean ± SE over seeds.",
               f"Figures: `{name}.png`" + (f", `{name}_chunks.png`." if args.task == "point" else ".")]
     return "\n".join(lines)
 
@@ -174,7 +188,7 @@ def main(argv=None) -> int:
                            args.eval_seed, on_checkpoint=keep_final)
     summary = summarize(records, args.last, args.methods)
     name = f"policy_{args.task}" + ("" if recipe.network == "mlp" else f"_{recipe.network}") + \
-        ("_quick" if args.quick else "")
+        ("_shared" if recipe.shared else "_ou" if recipe.pool == "ou" else "") + ("_quick" if args.quick else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     curve_figure(summary, out / f"{name}.png", f"{args.task}: mean ± SE over {args.seeds} seed(s), "

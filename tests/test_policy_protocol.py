@@ -19,7 +19,8 @@ from torchcfm_local.policy.recipe import PolicyRecipe
 ROOT = Path(__file__).resolve().parents[1]
 #: every knob away from its default
 KNOBS = {"h0": 0.2, "rho": 1.25, "blocks": 3, "path": "linear", "network": "mlp", "width": 16, "epochs": 1.0,
-         "batch_size": 64, "lr": 3e-4, "weight_decay": 1e-4, "warmup": 2, "lr_decay": "cosine", "ema_decay": 0.9}
+         "batch_size": 64, "lr": 3e-4, "weight_decay": 1e-4, "warmup": 2, "lr_decay": "cosine", "ema_decay": 0.9,
+         "pool": "ou", "shared": False}
 
 
 def _flags(knobs):

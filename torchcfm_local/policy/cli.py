@@ -4,6 +4,7 @@
     lfm-policy train --demos demos/point.npz --method lfm --epochs 100 --out policies/point_lfm.pt
     lfm-policy train --demos demos/point.npz --h0 0.2 --rho 1.25 --path linear --lr 1e-4 \
         --weight-decay 1e-6 --warmup 500 --lr-decay cosine --ema-decay 0.999 --out policies/point_dp.pt
+    lfm-policy train --demos demos/point.npz --pool ou --shared --lr-decay cosine --out policies/point_shared.pt
     lfm-policy eval --task point --policy policies/point_lfm.pt --episodes 100
     lfm-policy export --demos demos/point.npz --to robomimic --out demos/point.hdf5
 
@@ -41,7 +42,11 @@ def build_policy(method: str, obs_dims: dict, action_dim: int, network: "str | N
 
     LFM: ``recipe.schedule("lfm")`` with blocks of ``recipe.width``; global: one block whose network
     is widened until its parameter count matches the LFM policy's (equal parameters); regression: an
-    MLP of ``recipe.width``. Both flows use ``recipe.matcher()`` (the path). ``network``, ``width``
+    MLP of ``recipe.width``. Both flows use ``recipe.matcher()`` (the path). With ``recipe.shared``
+    the LFM blocks share one network (``FlowPolicy(shared=True)``), widened until its parameter
+    count (core and block embedding) matches that of N separate blocks of ``recipe.width``; the
+    global network is widened to that same count, so separate LFM, shared LFM and global have equal
+    parameters (to the nearest width; U-Net widths in steps of 32). ``network``, ``width``
     and ``lfm_blocks``, when given, override the recipe's ``network``, ``width`` and ``blocks``. The
     policy keeps the recipe (``policy.recipe``); train it with ``policy.fit(demos, **policy.recipe.fit_options())``.
     """
@@ -52,19 +57,22 @@ def build_policy(method: str, obs_dims: dict, action_dim: int, network: "str | N
     if method == "regression":
         return RegressionPolicy(obs_dims, action_dim, width=recipe.width, recipe=recipe)
 
-    def make(schedule, w):
+    def make(schedule, w, shared=False):
         config = ({"down_dims": [w // 4, w // 2, w], "kernel_size": 5, "n_groups": 8, "time_dim": 32}
                   if recipe.network == "unet" else {"width": w})
         return FlowPolicy(obs_dims, action_dim, schedule=schedule, network=recipe.network, network_config=config,
-                          matcher=recipe.matcher(), recipe=recipe)
+                          matcher=recipe.matcher(), recipe=recipe, shared=shared)
+
+    def widened(schedule, shared=False):  # the network of the separate LFM blocks' parameter count
+        step = 32 if recipe.network == "unet" else 1  # U-Net widths stay multiples of 4 * n_groups
+        best = width_for_parameters(lambda w: make(schedule, w, shared), budget, step=step, start=recipe.width)
+        return make(schedule, best, shared)
 
     lfm = make(recipe.schedule("lfm"), recipe.width)
+    budget = count_parameters(lfm)
     if method == "lfm":
-        return lfm
-    step = 32 if recipe.network == "unet" else 1  # U-Net widths stay multiples of 4 * n_groups
-    best = width_for_parameters(lambda w: make(recipe.schedule("global"), w), count_parameters(lfm), step=step,
-                                start=recipe.width)
-    return make(recipe.schedule("global"), best)
+        return widened(recipe.schedule("lfm"), shared=True) if recipe.shared else lfm
+    return widened(recipe.schedule("global"))
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:

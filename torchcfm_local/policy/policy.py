@@ -8,7 +8,9 @@ dimension to [-1, 1] by ranges fitted on the demos (saved with the policy).
 
 * :class:`FlowPolicy`: conditional flow matching on the normalized action chunk given the
   flattened normalized observation window; ``schedule=OUSchedule.global_flow()`` gives the global
-  flow, any other schedule LFM. The condition passes unchanged through every block.
+  flow, any other schedule LFM. The condition passes unchanged through every block. ``shared=True``
+  makes the blocks views of one network with a learned block embedding
+  (:class:`~torchcfm_local.shared.SharedVelocity`), trained jointly by ``fit(pool="ou")``.
 * :class:`RegressionPolicy`: an MLP trained with MSE on the same windows, a unimodal baseline.
 
 A policy built from a :class:`~torchcfm_local.policy.recipe.PolicyRecipe` (as
@@ -31,6 +33,7 @@ from ..composer import LocalFlowMatching
 from ..networks import MLP
 from ..reports import FitReport
 from ..schedule import OUSchedule
+from ..shared import SharedVelocity, default_embed_dim
 from ..solvers import ODEOptions
 from ..training.loop import OptimConfig, StepLoop
 from .demos import Demos, windows
@@ -173,41 +176,57 @@ class FlowPolicy(_ChunkPolicy):
         schedule: the OU schedule (default :data:`DEFAULT_LFM_SCHEDULE`).
         network: ``"unet"`` (:class:`ConditionalUnet1D`) or ``"mlp"`` (:class:`~torchcfm_local.MLP`
             with :data:`POLICY_MLP` unless ``network_config`` overrides it).
-        network_config: keyword arguments of the network, the same for every block.
+        network_config: keyword arguments of the network, the same for every block (of the shared
+            network's core with ``shared``).
         matcher: a torchcfm matcher without minibatch OT (default: the trigonometric path).
         ode: sampling ODE options (default: RK4 with :data:`POLICY_RK4_STEPS` steps over all blocks).
         guidance: classifier-free guidance scale at sampling (``None``: off; needs
             ``cond_dropout > 0`` in :meth:`fit`).
         recipe: the :class:`PolicyRecipe` the policy was built from, kept as provenance (the
             arguments above are what the policy uses).
+        shared: ``True``: all blocks are views of one :class:`~torchcfm_local.shared.SharedVelocity`
+            whose core is the network above with ``k = min(N, 16)`` more conditioning features
+            (block n's embedding row follows the observation window and the presence flag). Such a
+            policy trains with ``fit(..., pool="ou")``, all blocks at once; its file stores the
+            network once. Default ``False``: a network per block.
     """
 
     def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
                  n_action_steps: int = 8, schedule: Optional[OUSchedule] = None, network: str = "unet",
                  network_config: Optional[dict] = None, matcher=None, ode=None, guidance: Optional[float] = None,
-                 recipe: Union[PolicyRecipe, dict, None] = None):
+                 recipe: Union[PolicyRecipe, dict, None] = None, shared: bool = False):
         super().__init__(obs_dims, action_dim, n_obs_steps, horizon, n_action_steps, recipe)
         if network not in ("unet", "mlp"):
             raise ValueError(f"network must be 'unet' or 'mlp', got {network!r}")
-        self.network, self.network_config = network, dict(network_config or {})
+        if not isinstance(shared, bool):
+            raise ValueError(f"shared must be True or False, got {shared!r}")
+        self.network, self.network_config, self.shared = network, dict(network_config or {}), shared
         self.guidance = guidance
-        n_blocks = (schedule or DEFAULT_LFM_SCHEDULE).n_blocks
-        self.ode = ODEOptions.coerce(ode, ODEOptions(solver="rk4", steps=math.ceil(POLICY_RK4_STEPS / n_blocks)))
-        features = self.cond_dim + 1  # the composer appends a presence flag
-        if network == "unet":
-            def factory(n):
-                return ConditionalUnet1D(action_dim, horizon, features, **self.network_config)
-        else:
-            def factory(n):
-                return MLP(horizon * action_dim, cond_features=features, **{**POLICY_MLP, **self.network_config})
-        self.flow = LocalFlowMatching((horizon, action_dim), schedule or DEFAULT_LFM_SCHEDULE, matcher, factory,
+        schedule = schedule or DEFAULT_LFM_SCHEDULE
+        steps = math.ceil(POLICY_RK4_STEPS / schedule.n_blocks)
+        self.ode = ODEOptions.coerce(ode, ODEOptions(solver="rk4", steps=steps))
+        self.flow = LocalFlowMatching((horizon, action_dim), schedule, matcher, self._factory(schedule.n_blocks),
                                       ode=self.ode, cond_dim=self.cond_dim)
+
+    def _factory(self, n_blocks: int):
+        """The velocity factory: a new network per block, or the block views of one shared network."""
+        features = self.cond_dim + 1  # the composer appends a presence flag
+        k = default_embed_dim(n_blocks) if self.shared else 0
+
+        def core(n=None):
+            if self.network == "unet":
+                return ConditionalUnet1D(self.action_dim, self.horizon, features + k, **self.network_config)
+            return MLP(self.horizon * self.action_dim, cond_features=features + k,
+                       **{**POLICY_MLP, **self.network_config})
+
+        return SharedVelocity(core(), n_blocks, k).block if self.shared else core
 
     def fit(self, demos: Demos, *, epochs: Optional[float] = None, batches_per_block: Optional[int] = None,
             batch_size: int = 256, lr: Optional[float] = None, cond_dropout: float = 0.0, **fit_kwargs) -> FitReport:
         """Train on the demos' windows. Give ``epochs`` (passes over all windows, spread evenly over
         the blocks) or ``batches_per_block``; other keywords go to :meth:`LocalFlowMatching.fit`
-        (``seed``, ``checkpoint_dir``, ``resume``, ``lr_decay``, ``grad_clip``, ``progress``, ...).
+        (``seed``, ``checkpoint_dir``, ``resume``, ``lr_decay``, ``grad_clip``, ``progress``, ``pool``, ...;
+        a ``shared`` policy needs ``pool="ou"`` and trains its blocks jointly, as many steps and rows in all).
         ``lr``: by default the policy's recipe's (:class:`PolicyRecipe`'s default when it has none),
         so that a policy trained from Python and one trained by ``lfm-policy`` get the same rate."""
         if lr is None:
@@ -237,7 +256,7 @@ class FlowPolicy(_ChunkPolicy):
 
     def _config(self) -> dict:
         return {**self._base_config(), "network": self.network, "network_config": self.network_config,
-                "guidance": self.guidance, "ode": self.ode.to_dict()}
+                "guidance": self.guidance, "ode": self.ode.to_dict(), "shared": self.shared}
 
     def _model_state(self) -> dict:
         return self.flow.to_state()
@@ -259,7 +278,7 @@ class RegressionPolicy(_ChunkPolicy):
 
     def fit(self, demos: Demos, *, epochs: float = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
             progress: bool = True, weight_decay: float = 0.0, warmup: int = 0, lr_decay: Optional[str] = None,
-            ema_decay: Optional[float] = None, callback=None) -> list[float]:
+            ema_decay: Optional[float] = None, callback=None, pool: Optional[str] = None) -> list[float]:
         """Fit the MLP by MSE on the demos' windows with :class:`~torchcfm_local.training.loop.StepLoop`:
         ``epochs`` passes over the windows in minibatches of ``batch_size`` windows
         ``(cond (B, To * Dobs), actions (B, H * Da))`` drawn with replacement from a generator
@@ -267,7 +286,8 @@ class RegressionPolicy(_ChunkPolicy):
         :class:`~torchcfm_local.training.loop.OptimConfig` say otherwise (``weight_decay > 0``:
         AdamW; ``warmup`` batches; ``lr_decay="cosine"``; ``ema_decay``: the EMA of the weights
         becomes the final weights). ``callback(step, loss)`` runs after every optimizer step.
-        Returns the loss of every step.
+        ``pool`` is ignored: a flow option, accepted so that ``recipe.fit_options()`` fits every
+        policy. Returns the loss of every step.
 
         Raises:
             ValueError: bad ``epochs``, ``batch_size`` or optimizer options; demos that do not fit the policy.

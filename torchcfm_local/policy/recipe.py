@@ -22,7 +22,7 @@ from .._checks import is_int, positive_float
 from ..schedule import OUSchedule
 from ..training.loop import OptimConfig
 
-__all__ = ["PolicyRecipe", "PATHS", "NETWORKS", "LR_DECAYS"]
+__all__ = ["PolicyRecipe", "PATHS", "NETWORKS", "LR_DECAYS", "POOLS"]
 
 #: ``path`` values: torchcfm's trigonometric (variance-preserving) path or its linear (OT) path, both sigma = 0.
 PATHS = ("trig", "linear")
@@ -30,6 +30,8 @@ PATHS = ("trig", "linear")
 NETWORKS = ("mlp", "unet")
 #: ``lr_decay`` values.
 LR_DECAYS = ("none", "cosine")
+#: ``pool`` values: where an LFM block's data side comes from (``LocalFlowMatching.fit``'s ``pool``).
+POOLS = ("pushforward", "ou")
 
 
 def _optional_float(text: str) -> Optional[float]:
@@ -37,7 +39,18 @@ def _optional_float(text: str) -> Optional[float]:
     return None if text.strip().lower() in ("none", "off") else float(text)
 
 
+def _bool(text: str) -> bool:
+    """``"true"/"yes"/"on"/"1"`` -> True, ``"false"/"no"/"off"/"0"`` -> False (the type of ``--shared``)."""
+    word = str(text).strip().lower()
+    if word in ("true", "yes", "on", "1"):
+        return True
+    if word in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _knob(default, help: str, type=None, choices=None):
+    """A recipe field: its default, its command-line help, its type and allowed values."""
     return field(default=default, metadata={"help": help, "type": type, "choices": choices})
 
 
@@ -68,6 +81,17 @@ class PolicyRecipe:
         lr_decay: ``"none"`` (constant) or ``"cosine"`` (to 0 over every block).
         ema_decay: ``None`` (off) or a decay in (0, 1), e.g. 0.999: an exponential moving average
             of each block's weights becomes its final weights.
+        pool: where each LFM block's data side comes from (``LocalFlowMatching.fit``'s ``pool``):
+            ``"pushforward"`` (default, the paper's Algorithm 1: the demos pushed through the
+            blocks trained before it, one block after another) or ``"ou"`` (the exact OU marginal
+            of the demos: the blocks do not depend on each other). A flow option only: the
+            regression baseline ignores it, and the global flow's one block is the same either way.
+        shared: ``True``: the LFM policy's blocks are views of one network with a learned block
+            embedding (:class:`~torchcfm_local.shared.SharedVelocity`), trained jointly; it needs
+            ``pool="ou"``. :func:`~torchcfm_local.policy.cli.build_policy` widens that network
+            to the parameter count of the separate blocks, so ``width`` still sets the budget.
+            Default ``False`` (a network per block). The global flow and the regression baseline
+            ignore it.
     """
 
     h0: float = _knob(0.3, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
@@ -84,6 +108,10 @@ class PolicyRecipe:
     warmup: int = _knob(0, "batches of linear learning-rate warm-up at the start of every block", int)
     lr_decay: str = _knob("none", "learning-rate decay over every block", choices=LR_DECAYS)
     ema_decay: Optional[float] = _knob(None, "EMA decay of the weights, e.g. 0.999 (none: off)", _optional_float)
+    pool: str = _knob("pushforward", "data side of each LFM block: pushforward (through the trained blocks) or ou "
+                      "(exact OU marginal, blocks independent)", choices=POOLS)
+    shared: bool = _knob(False, "true: one network with a block embedding for all LFM blocks, as many parameters "
+                         "as the separate blocks (needs --pool ou)", _bool)
 
     def __post_init__(self):
         positive_float(self.h0, "h0")
@@ -92,11 +120,17 @@ class PolicyRecipe:
         for name in ("blocks", "width", "batch_size"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
-        for name, allowed in (("path", PATHS), ("network", NETWORKS), ("lr_decay", LR_DECAYS)):
+        for name, allowed in (("path", PATHS), ("network", NETWORKS), ("lr_decay", LR_DECAYS), ("pool", POOLS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.network == "unet" and self.width % 32:
             raise ValueError(f"a U-Net's width must be a multiple of 32, got {self.width}")
+        if not isinstance(self.shared, bool):
+            raise ValueError(f"shared must be True or False, got {self.shared!r}")
+        if self.shared and self.pool != "ou":
+            raise ValueError(f"shared=True needs pool='ou', got pool={self.pool!r}: blocks that share one network "
+                             "are trained jointly, each on the OU marginal of the demos (with the pushforward pool, "
+                             "training block n would move the weights of the blocks trained before it)")
         self.optim  # checks lr, weight_decay, warmup and ema_decay
         OUSchedule(self.h0, self.rho, self.blocks)  # checks that the steps stay finite
 
@@ -129,9 +163,10 @@ class PolicyRecipe:
         return cls(sigma=0.0)
 
     def fit_options(self) -> dict:
-        """Keywords of ``FlowPolicy.fit`` and ``RegressionPolicy.fit`` (add ``seed`` and ``progress``)."""
+        """Keywords of ``FlowPolicy.fit`` and ``RegressionPolicy.fit`` (add ``seed`` and ``progress``);
+        ``pool`` is a flow option, which ``RegressionPolicy.fit`` accepts and ignores."""
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
-                "warmup": self.warmup, "lr_decay": self.decay, "ema_decay": self.optim.ema_decay}
+                "warmup": self.warmup, "lr_decay": self.decay, "ema_decay": self.optim.ema_decay, "pool": self.pool}
 
     def replace(self, **changes) -> "PolicyRecipe":
         """A copy with ``changes`` (checked like a new recipe)."""
@@ -153,12 +188,16 @@ class PolicyRecipe:
     # ------------------------------------------------------------------ command line
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per field, with the field's default and help."""
+        """One flag per field, with the field's default and help; a bool field's flag takes
+        ``true``/``false`` and alone means ``true`` (``--shared`` = ``--shared true``)."""
         group = parser.add_argument_group("recipe", "how the policies are built and trained (PolicyRecipe)")
         for f in dataclasses.fields(cls):
             meta, flag = f.metadata, "--" + f.name.replace("_", "-")
             shown = "none" if f.default is None else f.default
+            shown = str(shown).lower() if isinstance(shown, bool) else shown
             kwargs = {"choices": meta["choices"]} if meta["choices"] else {"type": meta["type"]}
+            if meta["type"] is _bool:
+                kwargs.update(nargs="?", const=True, metavar="{true,false}")
             group.add_argument(flag, dest=f.name, default=f.default, help=f"{meta['help']} (default: {shown})", **kwargs)
 
     @classmethod
