@@ -182,3 +182,39 @@ def test_bench_quick_runs_end_to_end(tmp_path):
     assert summary["global"]["max"]["se"] is not None
     for suffix in (".md", ".png", "_chunks.png"):
         assert (tmp_path / f"policy_point_quick{suffix}").stat().st_size > 0
+
+
+def _fake_run(directory, recipe, success):
+    """A bench_policy result file with ``success[method][seed]`` = that seed's curve (epochs 10, 20)."""
+    records = [{"method": m, "seed": s, "epochs": e, "success_rate": v}
+               for m, seeds in success.items() for s, curve in enumerate(seeds) for e, v in zip((10.0, 20.0), curve)]
+    protocol = {"checkpoint_epochs": [10.0, 20.0], "seeds": [0, 1], "episodes": 5, "eval_seed": 1000, "last": 1,
+                "demos": 6, "demo_batch": 100, "task": "point"}
+    directory.mkdir(parents=True)
+    (directory / "policy_point.json").write_text(json.dumps({
+        "provenance": {"command": "bench", "commit": "0123456789"},
+        "results": {"recipe": recipe.to_dict(), "protocol": protocol, "records": records}}))
+
+
+def test_screen_table_pairs_seeds_and_borrows_the_global_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("screen", ROOT / "benchmarks" / "policy_screen_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base, fast = PolicyRecipe(), PolicyRecipe(lr=3e-3)
+    _fake_run(tmp_path / "base", base, {"global": [(0.5, 0.9), (0.7, 0.9)], "lfm": [(0.1, 0.5), (0.5, 0.7)]})
+    _fake_run(tmp_path / "fast", fast, {"global": [(0.8, 1.0), (0.8, 1.0)], "lfm": [(0.6, 0.8), (0.4, 1.0)]})
+    _fake_run(tmp_path / "fast_shared", fast.replace(pool="ou", shared=True), {"lfm": [(0.2, 0.4), (0.2, 0.6)]})
+    result = mod.screen(mod.load(tmp_path, "fast"))
+    assert list(result["variants"]) == ["fast", "base", "fast_shared"]  # the base first
+    row = result["variants"]["base"]
+    assert row["changes"] == {"lr": 1e-3} and row["global_from"] == "base"
+    diff = row["curves"]["lfm - global"]
+    assert diff[0]["mean"] == pytest.approx(-0.3) and diff[0]["se"] == pytest.approx(0.1)  # sd 0.1 * sqrt(2), over sqrt(2)
+    assert diff[1]["mean"] == pytest.approx(-0.3) and diff[1]["se"] == pytest.approx(0.1)
+    shared = result["variants"]["fast_shared"]  # no global runs of its own: those of `fast`, whose global is the same
+    assert shared["global_from"] == "fast" and shared["curves"]["global"][1]["mean"] == pytest.approx(1.0)
+    assert shared["curves"]["lfm - global"][0]["mean"] == pytest.approx(-0.6)
+    assert mod.main([str(tmp_path), "--base", "fast"]) == 0
+    assert "runs of `fast`" in (tmp_path / "screen.md").read_text() and (tmp_path / "screen.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="not a variant"):
+        mod.load(tmp_path, "missing")
