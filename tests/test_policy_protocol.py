@@ -200,7 +200,7 @@ def test_screen_table_pairs_seeds_and_borrows_the_global_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("screen", ROOT / "benchmarks" / "policy_screen_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    base, fast = PolicyRecipe(), PolicyRecipe(lr=3e-3)
+    base, fast = PolicyRecipe(lr=1e-3), PolicyRecipe(lr=3e-3)
     _fake_run(tmp_path / "base", base, {"global": [(0.5, 0.9), (0.7, 0.9)], "lfm": [(0.1, 0.5), (0.5, 0.7)]})
     _fake_run(tmp_path / "fast", fast, {"global": [(0.8, 1.0), (0.8, 1.0)], "lfm": [(0.6, 0.8), (0.4, 1.0)]})
     _fake_run(tmp_path / "fast_shared", fast.replace(pool="ou", shared=True), {"lfm": [(0.2, 0.4), (0.2, 0.6)]})
