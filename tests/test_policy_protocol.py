@@ -18,7 +18,8 @@ from torchcfm_local.policy.recipe import PolicyRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 #: every knob away from its default
-KNOBS = {"h0": 0.2, "rho": 1.25, "blocks": 3, "path": "linear", "network": "mlp", "width": 16, "epochs": 1.0,
+KNOBS = {"h0": 0.2, "rho": 1.25, "blocks": 3, "path": "linear", "network": "mlp", "activation": "softplus20",
+         "n_freq": 1, "width": 16, "epochs": 1.0,
          "batch_size": 64, "lr": 3e-4, "weight_decay": 1e-4, "warmup": 2, "lr_decay": "cosine", "ema_decay": 0.9,
          "pool": "ou", "shared": False}
 
@@ -69,7 +70,9 @@ def test_every_cli_knob_reaches_the_policy_and_its_file(demos, tmp_path, capsys,
     assert policy.flow.schedule == (tl.OUSchedule(0.2, 1.25, 3) if method == "lfm" else tl.OUSchedule.global_flow())
     n_windows = demos.action.shape[0]
     assert options["batch_size"] == 64 and options["batches_per_block"] == math.ceil(n_windows / 64 / blocks)
-    assert policy.flow.nets[0].config["width"] >= 16 and policy.network == "mlp"
+    config = policy.flow.nets[0].config
+    assert config["width"] >= 16 and config["activation"] == "softplus20" and config["n_freq"] == 1
+    assert policy.network == "mlp"
 
 
 def test_bench_reads_the_same_flags():
@@ -85,7 +88,7 @@ def test_recipe_defaults_checks_and_round_trip(demos, tmp_path):
     assert type(default.matcher()) is VariancePreservingConditionalFlowMatcher and default.decay is None
     assert PolicyRecipe.from_dict(json.loads(json.dumps(PolicyRecipe(**KNOBS).to_dict()))) == PolicyRecipe(**KNOBS)
     for bad in ({"path": "ot"}, {"blocks": 0}, {"h0": -1.0}, {"lr_decay": "step"}, {"ema_decay": 1.5},
-                {"network": "unet", "width": 40}, {"weight_decay": -1.0}):
+                {"network": "unet", "width": 40}, {"weight_decay": -1.0}, {"activation": "swish"}, {"n_freq": -1}):
         with pytest.raises(ValueError):
             PolicyRecipe(**bad)
     with pytest.raises(ValueError, match="unknown recipe fields"):

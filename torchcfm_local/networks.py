@@ -16,7 +16,7 @@ from torch import nn
 
 from ._checks import positive_int
 
-__all__ = ["MLP", "NETWORKS", "network_spec", "count_parameters", "width_for_parameters"]
+__all__ = ["MLP", "NETWORKS", "ACTIVATIONS", "network_spec", "count_parameters", "width_for_parameters"]
 
 class Softplus20(nn.Module):
     """``Softplus(beta=20)`` (a smooth ReLU) that never computes subnormal floats.
@@ -40,7 +40,8 @@ class Softplus20(nn.Module):
         return "inplace=True" if self.inplace else ""
 
 
-_ACTIVATIONS = {"silu": nn.SiLU, "selu": nn.SELU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU,
+#: activation name -> module factory (:class:`MLP`'s ``activation``)
+ACTIVATIONS = {"silu": nn.SiLU, "selu": nn.SELU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU,
                 "softplus20": lambda: Softplus20(inplace=True), "gelu": nn.GELU}
 
 
@@ -81,8 +82,8 @@ class MLP(nn.Module):
         for name, value, low in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("n_freq", n_freq, 0),
                                  ("cond_features", cond_features, 0)):
             positive_int(value, f"MLP {name}", minimum=low)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(_ACTIVATIONS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
         self.config = {"dim": dim, "width": width, "depth": depth, "n_freq": n_freq, "activation": activation}
         if cond_features:
             self.config["cond_features"] = cond_features
@@ -91,7 +92,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         fan_in = dim + 1 + 2 * n_freq + cond_features
         for _ in range(depth):
-            layers += [nn.Linear(fan_in, width), _ACTIVATIONS[activation]()]
+            layers += [nn.Linear(fan_in, width), ACTIVATIONS[activation]()]
             fan_in = width
         layers.append(nn.Linear(fan_in, dim))
         self.net = nn.Sequential(*layers)

@@ -59,7 +59,7 @@ def build_policy(method: str, obs_dims: dict, action_dim: int, network: "str | N
 
     def make(schedule, w, shared=False):
         config = ({"down_dims": [w // 4, w // 2, w], "kernel_size": 5, "n_groups": 8, "time_dim": 32}
-                  if recipe.network == "unet" else {"width": w})
+                  if recipe.network == "unet" else {"width": w, "activation": recipe.activation, "n_freq": recipe.n_freq})
         return FlowPolicy(obs_dims, action_dim, schedule=schedule, network=recipe.network, network_config=config,
                           matcher=recipe.matcher(), recipe=recipe, shared=shared)
 
