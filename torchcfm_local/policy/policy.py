@@ -49,9 +49,10 @@ DEFAULT_LFM_SCHEDULE = PolicyRecipe().schedule("lfm")
 #: RK4 steps of a policy's sampling ODE summed over its blocks (each block gets ``ceil(16 / N)``),
 #: so that global and LFM policies sample at (about) equal cost: 64 network evaluations per chunk.
 POLICY_RK4_STEPS = 16
-#: MLP settings of a ``network="mlp"`` policy (``network_config`` overrides them): SiLU with Fourier
-#: time features, the network the policy benchmarks were measured with (the package-wide MLP default
-#: was chosen on densities and is not yet measured on policies); saved policies rebuild the same network.
+#: MLP settings of a ``network="mlp"`` policy (``network_config`` overrides them): SiLU with four
+#: Fourier time frequencies, the defaults of :class:`PolicyRecipe`'s ``activation`` and ``n_freq``
+#: (the package-wide MLP default, chosen on densities, was worse on policies: see that class);
+#: saved policies rebuild the same network.
 POLICY_MLP = {"activation": "silu", "n_freq": 4}
 
 

@@ -75,7 +75,8 @@ class PolicyRecipe:
             regression MLP keep theirs). Default ``"silu"``.
         n_freq: Fourier time frequencies of a flow policy's MLP (``[t, sin(2^k pi t), cos(2^k pi t)]``,
             k < n_freq). Default 4. With ``activation`` the policy benchmarks' first network; the
-            package-wide MLP default (Softplus(20), one frequency) was chosen on densities.
+            package-wide MLP default (Softplus(20), one frequency), chosen on densities, was worse
+            for both flow policies in the recipe screen (``benchmarks/results/README.md``).
         width: width of each LFM block (MLP width; the U-Net's largest channel count, a multiple
             of 32) and of the regression MLP.
         epochs: passes over the demo windows, spread evenly over the blocks (equal epochs for
