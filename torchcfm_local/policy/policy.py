@@ -53,7 +53,7 @@ POLICY_RK4_STEPS = 16
 #: Fourier time frequencies, the defaults of :class:`PolicyRecipe`'s ``activation`` and ``n_freq``
 #: (the package-wide MLP default, chosen on densities, was worse on policies: see that class);
 #: saved policies rebuild the same network.
-POLICY_MLP = {"activation": "silu", "n_freq": 4}
+POLICY_MLP = {"activation": PolicyRecipe().activation, "n_freq": PolicyRecipe().n_freq}
 
 
 class _ChunkPolicy(nn.Module):
