@@ -14,7 +14,7 @@ Writes ``benchmarks/results/policy_<task>.{json,md,png}`` (``policy_<task>_unet`
     python benchmarks/bench_policy.py --task lift --width 256 --seeds 1 # robosuite: lift, can, square, pillar ([robot] extra)
 
 Every recipe flag (``--h0 --rho --blocks --path --network --activation --n-freq --width --epochs
---batch-size --lr --weight-decay --warmup --lr-decay --ema-decay --pool --shared``) and its default comes from
+--batch-size --lr --weight-decay --warmup --lr-decay --ema-decay --pool --shared --free-share``) and its default comes from
 :class:`torchcfm_local.policy.recipe.PolicyRecipe`, as in ``lfm-policy train``.
 
 Protocol (:mod:`torchcfm_local.policy.protocol`, Diffusion Policy's): one demo set (``--demos``
@@ -145,6 +145,8 @@ def lfm_description(recipe) -> str:
                  "separate blocks of the recipe's width), trained jointly on the OU pool")
     elif recipe.pool == "ou":
         text += "; each block trained on the OU pool (the exact OU marginal of the demos, no pushforward)"
+    if recipe.free_share is not None:
+        text += f"; the free block gets {recipe.free_share:g} of LFM's batches"
     return text
 
 

@@ -11,7 +11,7 @@ from torchcfm.conditional_flow_matching import ConditionalFlowMatcher, VarianceP
 
 import torchcfm_local as tl
 from torchcfm_local.policy import collect_demos, load_policy, save_demos
-from torchcfm_local.policy.policy import DEFAULT_LFM_SCHEDULE
+from torchcfm_local.policy.policy import DEFAULT_LFM_SCHEDULE, _free_share_split
 from torchcfm_local.policy.cli import build_policy, main as cli_main
 from torchcfm_local.policy.protocol import checkpoint_epochs, summarize, train_checkpoints
 from torchcfm_local.policy.recipe import PolicyRecipe
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KNOBS = {"h0": 0.2, "rho": 1.25, "blocks": 3, "path": "linear", "network": "mlp", "activation": "softplus20",
          "n_freq": 1, "width": 16, "epochs": 1.0,
          "batch_size": 64, "lr": 3e-4, "weight_decay": 1e-4, "warmup": 2, "lr_decay": "cosine", "ema_decay": 0.9,
-         "pool": "ou", "shared": False}
+         "pool": "ou", "shared": False, "free_share": 0.5}
 
 
 def _flags(knobs):
@@ -69,7 +69,9 @@ def test_every_cli_knob_reaches_the_policy_and_its_file(demos, tmp_path, capsys,
     blocks = 3 if method == "lfm" else 1
     assert policy.flow.schedule == (tl.OUSchedule(0.2, 1.25, 3) if method == "lfm" else tl.OUSchedule.global_flow())
     n_windows = demos.action.shape[0]
-    assert options["batch_size"] == 64 and options["batches_per_block"] == math.ceil(n_windows / 64 / blocks)
+    per_block = math.ceil(n_windows / 64 / blocks)
+    expected = _free_share_split(3 * per_block, 3, 0.5) if blocks == 3 else per_block  # the knob reaches fit
+    assert options["batch_size"] == 64 and options["batches_per_block"] == expected, options["batches_per_block"]
     config = policy.flow.nets[0].config
     assert config["width"] >= 16 and config["activation"] == "softplus20" and config["n_freq"] == 1
     assert policy.network == "mlp"
@@ -88,7 +90,8 @@ def test_recipe_defaults_checks_and_round_trip(demos, tmp_path):
     assert type(default.matcher()) is VariancePreservingConditionalFlowMatcher and default.decay is None
     assert PolicyRecipe.from_dict(json.loads(json.dumps(PolicyRecipe(**KNOBS).to_dict()))) == PolicyRecipe(**KNOBS)
     for bad in ({"path": "ot"}, {"blocks": 0}, {"h0": -1.0}, {"lr_decay": "step"}, {"ema_decay": 1.5},
-                {"network": "unet", "width": 40}, {"weight_decay": -1.0}, {"activation": "swish"}, {"n_freq": -1}):
+                {"network": "unet", "width": 40}, {"weight_decay": -1.0}, {"activation": "swish"}, {"n_freq": -1},
+                {"free_share": 1.0}, {"free_share": 0.0}):
         with pytest.raises(ValueError):
             PolicyRecipe(**bad)
     with pytest.raises(ValueError, match="unknown recipe fields"):
@@ -221,3 +224,17 @@ def test_screen_table_pairs_seeds_and_borrows_the_global_runs(tmp_path):
     assert "runs of `fast`" in (tmp_path / "screen.md").read_text() and (tmp_path / "screen.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="not a variant"):
         mod.load(tmp_path, "missing")
+
+
+def test_free_share_splits_lfm_batches_and_keeps_the_total(demos):
+    assert _free_share_split(400, 4, 0.5) == [67, 67, 66, 200]
+    assert _free_share_split(7, 4, 0.5) == [1, 1, 1, 4] and _free_share_split(4, 4, 0.9) == [1, 1, 1, 1]
+    recipe = PolicyRecipe(width=16, blocks=3, epochs=20.0, batch_size=32, free_share=0.6)
+    policy = build_policy("lfm", demos.obs_dims, demos.action.shape[1], recipe=recipe)
+    equal = policy.batches_per_block(demos, recipe.epochs, recipe.batch_size)
+    report = policy.fit(demos, **recipe.fit_options(), seed=0, progress=False)
+    batches = [block.batches for block in report.blocks]
+    assert equal > 3 and sum(batches) == 3 * equal and batches[-1] == round(3 * equal * 0.6)
+    assert abs(batches[0] - batches[1]) <= 1
+    with pytest.raises(ValueError, match="free_share"):
+        policy.fit(demos, epochs=1.0, free_share=1.5, progress=False)

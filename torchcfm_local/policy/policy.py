@@ -167,6 +167,16 @@ def _epochs_to_batches(epochs: float, n_windows: int, batch_size: int, n_blocks:
     return max(1, math.ceil(positive_float(epochs, "epochs") * n_windows / batch_size / n_blocks))
 
 
+def _free_share_split(total: int, n_blocks: int, free_share: float) -> list[int]:
+    """``total`` batches over ``n_blocks``: ``free_share`` of them to the last (free) block, the rest
+    split equally over the others (every block at least one)."""
+    if not (isinstance(free_share, float) and 0 < free_share < 1):
+        raise ValueError(f"free_share must be a float in (0, 1) or None, got {free_share!r}")
+    free = min(max(1, round(total * free_share)), total - (n_blocks - 1))
+    rest = total - free
+    return [rest // (n_blocks - 1) + (i < rest % (n_blocks - 1)) for i in range(n_blocks - 1)] + [free]
+
+
 class FlowPolicy(_ChunkPolicy):
     """Conditional flow-matching policy; LFM (default schedule) or global (``OUSchedule.global_flow()``).
 
@@ -223,9 +233,12 @@ class FlowPolicy(_ChunkPolicy):
         return SharedVelocity(core(), n_blocks, k).block if self.shared else core
 
     def fit(self, demos: Demos, *, epochs: Optional[float] = None, batches_per_block: Optional[int] = None,
-            batch_size: int = 256, lr: Optional[float] = None, cond_dropout: float = 0.0, **fit_kwargs) -> FitReport:
+            batch_size: int = 256, lr: Optional[float] = None, cond_dropout: float = 0.0,
+            free_share: Optional[float] = None, **fit_kwargs) -> FitReport:
         """Train on the demos' windows. Give ``epochs`` (passes over all windows, spread evenly over
-        the blocks) or ``batches_per_block``; other keywords go to :meth:`LocalFlowMatching.fit`
+        the blocks) or ``batches_per_block``. ``free_share`` (in (0, 1); LFM only): the free block
+        (the last) gets this share of all the blocks' batches and the others split the rest
+        equally, the total unchanged; ``None``: every block the same. Other keywords go to :meth:`LocalFlowMatching.fit`
         (``seed``, ``checkpoint_dir``, ``resume``, ``lr_decay``, ``grad_clip``, ``progress``, ``pool``, ...;
         a ``shared`` policy needs ``pool="ou"`` and trains its blocks jointly, as many steps and rows in all).
         ``lr``: by default the policy's recipe's (:class:`PolicyRecipe`'s default when it has none),
@@ -238,6 +251,9 @@ class FlowPolicy(_ChunkPolicy):
             raise ValueError("give exactly one of epochs and batches_per_block")
         if epochs is not None:
             batches_per_block = _epochs_to_batches(epochs, actions.shape[0], batch_size, self.flow.n_blocks)
+        if free_share is not None and self.flow.n_blocks > 1:
+            batches_per_block = _free_share_split(batches_per_block * self.flow.n_blocks, self.flow.n_blocks,
+                                                  free_share)
         return self.flow.fit(actions, cond=cond, cond_dropout=cond_dropout, batches_per_block=batches_per_block,
                              batch_size=batch_size, lr=lr, **fit_kwargs)
 
@@ -279,7 +295,8 @@ class RegressionPolicy(_ChunkPolicy):
 
     def fit(self, demos: Demos, *, epochs: float = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
             progress: bool = True, weight_decay: float = 0.0, warmup: int = 0, lr_decay: Optional[str] = None,
-            ema_decay: Optional[float] = None, callback=None, pool: Optional[str] = None) -> list[float]:
+            ema_decay: Optional[float] = None, callback=None, pool: Optional[str] = None,
+            free_share: Optional[float] = None) -> list[float]:
         """Fit the MLP by MSE on the demos' windows with :class:`~torchcfm_local.training.loop.StepLoop`:
         ``epochs`` passes over the windows in minibatches of ``batch_size`` windows
         ``(cond (B, To * Dobs), actions (B, H * Da))`` drawn with replacement from a generator
@@ -287,8 +304,8 @@ class RegressionPolicy(_ChunkPolicy):
         :class:`~torchcfm_local.training.loop.OptimConfig` say otherwise (``weight_decay > 0``:
         AdamW; ``warmup`` batches; ``lr_decay="cosine"``; ``ema_decay``: the EMA of the weights
         becomes the final weights). ``callback(step, loss)`` runs after every optimizer step.
-        ``pool`` is ignored: a flow option, accepted so that ``recipe.fit_options()`` fits every
-        policy. Returns the loss of every step.
+        ``pool`` and ``free_share`` are ignored: flow options, accepted so that
+        ``recipe.fit_options()`` fits every policy. Returns the loss of every step.
 
         Raises:
             ValueError: bad ``epochs``, ``batch_size`` or optimizer options; demos that do not fit the policy.

@@ -104,6 +104,10 @@ class PolicyRecipe:
             to the parameter count of the separate blocks, so ``width`` still sets the budget.
             Default ``False`` (a network per block). The global flow and the regression baseline
             ignore it.
+        free_share: ``None`` (default: every LFM block gets the same number of batches) or a
+            share in (0, 1) of LFM's batches for the free (last) block, the others splitting the
+            rest; the total stays that of ``epochs``. The free block carries the mode choice (its
+            data side is only partly noised), so it may need more than 1/N of the steps.
     """
 
     h0: float = _knob(0.3, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
@@ -126,6 +130,8 @@ class PolicyRecipe:
                       "(exact OU marginal, blocks independent)", choices=POOLS)
     shared: bool = _knob(False, "true: one network with a block embedding for all LFM blocks, as many parameters "
                          "as the separate blocks (needs --pool ou)", _bool)
+    free_share: Optional[float] = _knob(None, "share of LFM's batches for the free (last) block, e.g. 0.5 (none: "
+                                        "equal shares)", _optional_float)
 
     def __post_init__(self):
         positive_float(self.h0, "h0")
@@ -148,6 +154,8 @@ class PolicyRecipe:
             raise ValueError(f"shared=True needs pool='ou', got pool={self.pool!r}: blocks that share one network "
                              "are trained jointly, each on the OU marginal of the demos (with the pushforward pool, "
                              "training block n would move the weights of the blocks trained before it)")
+        if self.free_share is not None and not (isinstance(self.free_share, float) and 0 < self.free_share < 1):
+            raise ValueError(f"free_share must be a float in (0, 1) or None, got {self.free_share!r}")
         self.optim  # checks lr, weight_decay, warmup and ema_decay
         OUSchedule(self.h0, self.rho, self.blocks)  # checks that the steps stay finite
 
@@ -181,9 +189,10 @@ class PolicyRecipe:
 
     def fit_options(self) -> dict:
         """Keywords of ``FlowPolicy.fit`` and ``RegressionPolicy.fit`` (add ``seed`` and ``progress``);
-        ``pool`` is a flow option, which ``RegressionPolicy.fit`` accepts and ignores."""
+        ``pool`` and ``free_share`` are flow options, which ``RegressionPolicy.fit`` accepts and ignores."""
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
-                "warmup": self.warmup, "lr_decay": self.decay, "ema_decay": self.optim.ema_decay, "pool": self.pool}
+                "warmup": self.warmup, "lr_decay": self.decay, "ema_decay": self.optim.ema_decay, "pool": self.pool,
+                "free_share": self.free_share}
 
     def replace(self, **changes) -> "PolicyRecipe":
         """A copy with ``changes`` (checked like a new recipe)."""
