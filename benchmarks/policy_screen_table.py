@@ -6,8 +6,9 @@ Reads ``<dir>/<variant>/policy_*.json`` (each written by ``benchmarks/bench_poli
 every checkpoint (mean ± SE over training seeds), the paired difference LFM - global per
 checkpoint (same seed, same test states), and the recipe fields that differ from the base
 variant's (``--base``, default the first by name; it comes first in the table). A variant run without the global flow (``--methods lfm``) borrows the global flow of a
-variant whose recipe is the same once ``pool`` and ``shared`` are reset to their defaults: those
-knobs do not change the global policy, so its runs are the same.
+variant whose recipe is the same once ``pool``, ``shared`` and ``free_share`` are reset to their
+defaults: those knobs do not change the global policy, so its runs are the same. Recipes written
+before a knob existed get its default, which is what those runs did.
 
     python benchmarks/policy_screen_table.py benchmarks/results/policy_screen --base lr1e-3
 """
@@ -24,7 +25,7 @@ from torchcfm_local.bench.report import write_results
 from torchcfm_local.bench.seeds import mean_se
 from torchcfm_local.policy.recipe import PolicyRecipe
 
-LFM_ONLY = ("pool", "shared")  # recipe knobs that change the LFM policy alone
+LFM_ONLY = ("pool", "shared", "free_share")  # recipe knobs that change the LFM policy alone
 
 
 def load(directory: Path, base: str = None) -> dict:
@@ -32,7 +33,10 @@ def load(directory: Path, base: str = None) -> dict:
     runs = {}
     for path in sorted(directory.glob("*/policy_*.json")):
         data = json.loads(path.read_text())
-        runs[path.parent.name] = {**data["results"], "provenance": data["provenance"]}
+        results = dict(data["results"])
+        # files from before a knob existed lack it; its default is what those runs did
+        results["recipe"] = PolicyRecipe.from_dict(results["recipe"]).to_dict()
+        runs[path.parent.name] = {**results, "provenance": data["provenance"]}
     if not runs:
         raise SystemExit(f"no <variant>/policy_*.json under {directory}")
     if base is not None:
