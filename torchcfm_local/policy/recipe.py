@@ -107,7 +107,8 @@ class PolicyRecipe:
         free_share: ``None`` (default: every LFM block gets the same number of batches) or a
             share in (0, 1) of LFM's batches for the free (last) block, the others splitting the
             rest; the total stays that of ``epochs``. The free block carries the mode choice (its
-            data side is only partly noised), so it may need more than 1/N of the steps.
+            data side is only partly noised), but giving it more than 1/N was no better in the
+            recipe screen (``benchmarks/results/README.md``).
     """
 
     h0: float = _knob(0.3, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
