@@ -238,8 +238,8 @@ class FlowPolicy(_ChunkPolicy):
         """Train on the demos' windows. Give ``epochs`` (passes over all windows, spread evenly over
         the blocks) or ``batches_per_block``. ``free_share`` (in (0, 1); LFM only): the free block
         (the last) gets this share of all the blocks' batches and the others split the rest
-        equally, the total unchanged; ``None``: every block the same. Other keywords go to :meth:`LocalFlowMatching.fit`
-        (``seed``, ``checkpoint_dir``, ``resume``, ``lr_decay``, ``grad_clip``, ``progress``, ``pool``, ...;
+        equally, the total unchanged; ``None``: every block the same. Other keywords go to
+        :meth:`LocalFlowMatching.fit` (``seed``, ``checkpoint_dir``, ``resume``, ``lr_decay``, ``grad_clip``, ``progress``, ``pool``, ...;
         a ``shared`` policy needs ``pool="ou"`` and trains its blocks jointly, as many steps and rows in all).
         ``lr``: by default the policy's recipe's (:class:`PolicyRecipe`'s default when it has none),
         so that a policy trained from Python and one trained by ``lfm-policy`` get the same rate."""
