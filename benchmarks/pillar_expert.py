@@ -19,13 +19,13 @@ import numpy as np
 
 from torchcfm_local.bench.report import write_results
 from torchcfm_local.policy import make_env
-from torchcfm_local.policy.robosuite_pillar import PILLAR_CENTER, PILLAR_HALF
+from torchcfm_local.policy.robosuite_pillar import passed_side
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(episodes: int, seed: int, batch: int) -> list[dict]:
-    env, rows = make_env("pillar"), []
+def run(env, episodes: int, seed: int, batch: int) -> list[dict]:
+    rows = []
     for b, start in enumerate(range(0, episodes, batch)):
         n = min(batch, episodes - start)
         obs = env.reset(n, seed=seed * 1000 + b)
@@ -37,9 +37,8 @@ def run(episodes: int, seed: int, batch: int) -> list[dict]:
             cubes.append(obs["object-state"][:, :3])
         cubes = np.stack(cubes)
         for i in range(n):
-            beside = np.abs(cubes[:, i, 0] - PILLAR_CENTER[0]) < PILLAR_HALF[0]
-            passed = int(np.sign(cubes[beside, i, 1].mean())) if beside.any() else 0
-            rows.append({"seed": seed * 1000 + b, "index": i, "side": int(expert.side[i]), "passed": passed,
+            rows.append({"seed": seed * 1000 + b, "index": i, "side": int(expert.side[i]),
+                         "passed": passed_side(cubes[:, i]),
                          "success": bool(success[i]), "touched": bool(env.failed[i]), "steps": int(steps[i])})
         print(f"batch {b}: {int(success.sum())}/{n}", flush=True)
     return rows
@@ -52,7 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=20, help="episodes stepped together (~150 MB each)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
-    rows = run(args.episodes, args.seed, args.batch)
+    env = make_env("pillar")
+    rows = run(env, args.episodes, args.seed, args.batch)
     won = [r for r in rows if r["success"]]
     count = lambda rs, key, v: sum(r[key] == v for r in rs)  # noqa: E731
     lengths = [r["steps"] for r in won]
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         f"| {summary['successes_passed']['right (-1)']} |", "",
         f"Pillar touched in {summary['touched_pillar']} episodes; {summary['passed_on_drawn_side']} episodes passed "
         f"on the side drawn. Steps of the successes: {summary['steps_of_successes']} (limit "
-        f"{make_env('pillar').max_steps}).",
+        f"{env.max_steps}).",
     ])
     write_results(args.out, "pillar_expert", {"args": vars(args), "summary": summary, "episodes": rows}, text)
     print(text)

@@ -14,7 +14,7 @@ from robosuite.utils.placement_samplers import UniformRandomSampler
 
 from .robosuite_tasks import RobosuiteTask, _CubeExpert, _pose_action, _rot_z, _wrap, _yaw
 
-__all__ = ["LiftPillar", "PillarExpert", "PILLAR_CENTER", "PILLAR_HALF", "START", "GOAL", "GOAL_RADIUS"]
+__all__ = ["LiftPillar", "PillarExpert", "passed_side", "PILLAR_CENTER", "PILLAR_HALF", "START", "GOAL", "GOAL_RADIUS"]
 
 TABLE_Z = 0.8  #: height of the table's top (Lift's table_offset)
 #: the pillar: a box fixed on the table (no joint), its half sizes and centre (m): 6 x 10 cm, 10.5 cm tall
@@ -26,6 +26,13 @@ GOAL = np.array([0.18, 0.0])
 #: success: the cube's centre within this distance (m) of the goal in x and y, ...
 GOAL_RADIUS = 0.05
 GOAL_MAX_Z = TABLE_Z + 0.04  #: ... and below this height: on the table or held just above it
+
+
+def passed_side(cube_path: np.ndarray) -> int:
+    """The side of the pillar a cube path ``(T, >= 2)`` (x, y, ...) passed on: the sign of the cube's
+    mean y while its x is within the pillar's depth (+1 left, -1 right), or 0 if it never got there."""
+    beside = np.abs(cube_path[:, 0] - PILLAR_CENTER[0]) < PILLAR_HALF[0]
+    return int(np.sign(cube_path[beside, 1].mean())) if beside.any() else 0
 
 
 class LiftPillar(Lift):
