@@ -91,12 +91,8 @@ def screen(runs: dict) -> dict:
             "episodes": first["protocol"]["episodes"], "base_recipe": base, "variants": out}
 
 
-def _pm(stat: dict) -> str:
-    return f"{stat['mean']:.2f}" + ("" if stat["se"] is None else f" ± {stat['se']:.2f}")
-
-
-def _signed(stat: dict) -> str:
-    return f"{stat['mean']:+.2f}" + ("" if stat["se"] is None else f" ± {stat['se']:.2f}")
+def _pm(stat: dict, signed: bool = False) -> str:
+    return f"{stat['mean']:{'+' if signed else ''}.2f}" + ("" if stat["se"] is None else f" ± {stat['se']:.2f}")
 
 
 def markdown(result: dict, runs: dict) -> str:
@@ -108,11 +104,10 @@ def markdown(result: dict, runs: dict) -> str:
     for name, row in result["variants"].items():
         changes = ", ".join(f"{k}={v}" for k, v in row["changes"].items()) or "-"
         for i, (method, curve) in enumerate(row["curves"].items()):
-            fmt = _signed if method == "lfm - global" else _pm
             label = method + (f" (runs of `{row['global_from']}`)" if method == "global" and
                               row["global_from"] != name else "")
             lines.append(f"| {name if i == 0 else ''} | {changes if i == 0 else ''} | {label} | "
-                         + " | ".join(fmt(s) for s in curve) + " |")
+                         + " | ".join(_pm(s, signed=method == "lfm - global") for s in curve) + " |")
     lines += ["", f"Base variant: `{next(iter(runs))}`, recipe `{result['base_recipe']}`.",
               "`lfm - global`: per seed, LFM's success minus the global flow's at the same checkpoint (the same "
               "seed trains both on the same demos), then mean ± SE over seeds.",

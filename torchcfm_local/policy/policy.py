@@ -38,7 +38,7 @@ from ..solvers import ODEOptions
 from ..training.loop import OptimConfig, StepLoop
 from .demos import Demos, windows
 from .normalizer import Normalizer
-from .recipe import PolicyRecipe
+from .recipe import PolicyRecipe, check_free_share
 from .unet1d import ConditionalUnet1D
 
 __all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "DEFAULT_LFM_SCHEDULE", "POLICY_MLP"]
@@ -170,8 +170,7 @@ def _epochs_to_batches(epochs: float, n_windows: int, batch_size: int, n_blocks:
 def _free_share_split(total: int, n_blocks: int, free_share: float) -> list[int]:
     """``total`` batches over ``n_blocks``: ``free_share`` of them to the last (free) block, the rest
     split equally over the others (every block at least one)."""
-    if not (isinstance(free_share, float) and 0 < free_share < 1):
-        raise ValueError(f"free_share must be a float in (0, 1) or None, got {free_share!r}")
+    check_free_share(free_share)
     free = min(max(1, round(total * free_share)), total - (n_blocks - 1))
     rest = total - free
     return [rest // (n_blocks - 1) + (i < rest % (n_blocks - 1)) for i in range(n_blocks - 1)] + [free]

@@ -50,6 +50,12 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def check_free_share(value) -> None:
+    """``free_share`` is ``None`` or a float in (0, 1); else ValueError."""
+    if value is not None and not (isinstance(value, float) and 0 < value < 1):
+        raise ValueError(f"free_share must be a float in (0, 1) or None, got {value!r}")
+
+
 def _knob(default, help: str, type=None, choices=None):
     """A recipe field: its default, its command-line help, its type and allowed values."""
     return field(default=default, metadata={"help": help, "type": type, "choices": choices})
@@ -155,8 +161,7 @@ class PolicyRecipe:
             raise ValueError(f"shared=True needs pool='ou', got pool={self.pool!r}: blocks that share one network "
                              "are trained jointly, each on the OU marginal of the demos (with the pushforward pool, "
                              "training block n would move the weights of the blocks trained before it)")
-        if self.free_share is not None and not (isinstance(self.free_share, float) and 0 < self.free_share < 1):
-            raise ValueError(f"free_share must be a float in (0, 1) or None, got {self.free_share!r}")
+        check_free_share(self.free_share)
         self.optim  # checks lr, weight_decay, warmup and ema_decay
         OUSchedule(self.h0, self.rho, self.blocks)  # checks that the steps stay finite
 
