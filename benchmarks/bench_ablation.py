@@ -39,7 +39,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from torchcfm_local.bench.protocol import matched_width, mlp_params, run_task
+from torchcfm_local.bench.protocol import matched_width, mlp_params, run_task, with_steps
 from torchcfm_local.bench.registry import BUDGETS, TASKS, Budget, Task
 from torchcfm_local.bench.report import first_crossing as _crossing, write_results
 from torchcfm_local.schedule import OUSchedule
@@ -56,8 +56,6 @@ def _rescaled_steps(steps: tuple, n_blocks: int, rho: float = 1.25) -> tuple:
 def variants(base: Task, budget: Budget, dim: int) -> dict:
     """name -> (Task, Budget): one change each, equal total parameters and total batches."""
     n_base = len(base.steps) + 1
-    total_params = n_base * mlp_params(dim, base.width, base.depth)
-    total_batches = n_base * budget.per_block
     out = {
         "paper": (base, budget),
         "no-warm-start": (dataclasses.replace(base, warm_start=False), budget),
@@ -66,9 +64,7 @@ def variants(base: Task, budget: Budget, dim: int) -> dict:
         "2x-ou-time": (dataclasses.replace(base, steps=tuple(2 * h for h in base.steps)), budget),
     }
     for n in (5, 3, 2):  # equal batches per block; totals differ by less than n when n does not divide
-        width = matched_width(dim, total_params // n, base.depth)
-        out[f"N={n}"] = (dataclasses.replace(base, steps=_rescaled_steps(base.steps, n), width=width),
-                         dataclasses.replace(budget, per_block=round(total_batches / n)))
+        out[f"N={n}"] = with_steps(base, budget, dim, _rescaled_steps(base.steps, n))
     return out
 
 

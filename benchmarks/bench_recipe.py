@@ -5,8 +5,11 @@ equal parameters and batches) for several recipe variants, tasks and seeds, and 
 and method the mean and standard error over seeds of the test NLL, the energy distance and the
 number of function evaluations (NFE) the adaptive solver needed to sample (a measure of how hard
 the learned field is to integrate). A variant changes the MLP (activation, time input) and/or the
-fit options (data standardization, pool mode); both sides of every comparison get the same
-variant (``pool`` only changes LFM: a one-block global flow has nothing to push).
+fit options (data standardization, pool mode) or replaces the task's OU schedule (``schedule``:
+``OUSchedule(h0, rho, N)``, with the block width and batches per block re-matched so that the
+total parameters and batches stay those of the task); both sides of every comparison get the same
+variant (``pool`` and ``schedule`` only change LFM: a one-block global flow has nothing to push
+and no schedule, and its width follows the LFM blocks' unchanged total).
 
     python benchmarks/bench_recipe.py --tasks tree,rose,patches3x3 --seeds 0,1,2 --budget quick --final-only
     # writes benchmarks/results/recipe_<budget>.{json,md}
@@ -21,10 +24,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from torchcfm_local.bench.protocol import run_task
-from torchcfm_local.bench.registry import BUDGETS, METHODS, TASKS
+from torchcfm_local import datasets
+from torchcfm_local.bench.protocol import run_task, with_steps
+from torchcfm_local.bench.registry import BUDGETS, METHODS, TASKS, Budget, Task
 from torchcfm_local.bench.report import write_results
 from torchcfm_local.bench.seeds import mean_se
+from torchcfm_local.schedule import OUSchedule
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,9 +48,25 @@ VARIANTS = {
     "softplus20-raw+std": {"mlp": _SOFTPLUS, "fit": {"standardize": "diagonal"}},
     "softplus20-raw+ou": {"mlp": _SOFTPLUS, "fit": {"pool": "ou"}},
     "silu-fourier+std": {"mlp": _SILU, "fit": {"standardize": "diagonal"}},
+    # the task's own OU schedule with the default network; other schedules, ``(h0, rho, N)`` of
+    # ``OUSchedule``, at the task's total parameters and batches
+    "task-schedule": {},
+    "ou-3x0.25": {"schedule": (0.25, 1.0, 3)},
+    "ou-4x0.15": {"schedule": (0.15, 1.3, 4)},
+    "ou-4x0.3": {"schedule": (0.3, 1.1, 4)},
 }
 
 METRICS = ("test_nll", "energy_distance", "sample_nfe")
+
+
+def variant_setup(task_name: str, budget: Budget, changes: dict) -> tuple[Task, Budget]:
+    """The task and budget of one variant (see :data:`VARIANTS`)."""
+    changes = dict(changes)
+    schedule = changes.pop("schedule", None)
+    task = replace(TASKS[task_name], **changes)
+    if schedule is None:
+        return task, budget
+    return with_steps(task, budget, datasets.load(task.dataset).dim, OUSchedule(*schedule).coupled_steps)
 
 
 def final_runs(result: dict) -> dict:
@@ -93,12 +114,13 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--resume", action="store_true", help="keep the runs already in the JSON file")
     parser.add_argument("--name", default=None, help="output file name (default: recipe_<budget>)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default benchmarks/results)")
     parser.add_argument("--final-only", action="store_true",
                         help="train only the full-budget models (no learning curve): LFM costs 1x instead of 1.75x")
     args = parser.parse_args(argv)
-    budget = replace(BUDGETS[args.budget], fractions=(1.0,)) if args.final_only else args.budget
+    budget = replace(BUDGETS[args.budget], fractions=(1.0,)) if args.final_only else BUDGETS[args.budget]
     name = args.name or f"recipe_{args.budget}"
-    path = RESULTS / f"{name}.json"
+    path = args.out / f"{name}.json"
     records = json.loads(path.read_text())["results"]["records"] if args.resume and path.exists() else []
     done = {(r["task"], r["variant"], r["seed"]) for r in records}
     methods = args.methods.split(",")
@@ -108,11 +130,11 @@ def main(argv=None) -> None:
                 if (task, variant, seed) in done:
                     continue
                 print(f"== {task} / {variant} / seed {seed}", flush=True)
-                run = run_task(replace(TASKS[task], **VARIANTS[variant]), budget, methods, seed=seed,
+                run = run_task(*variant_setup(task, budget, VARIANTS[variant]), methods, seed=seed,
                                progress=False, log=lambda *a: None)
                 records.append({"task": task, "variant": variant, "seed": seed, "changes": VARIANTS[variant],
                                 "final": final_runs(run.result)})
-                write_results(RESULTS, name, {"budget": args.budget, "final_only": args.final_only, "records": records}, markdown(records, args.budget))
+                write_results(args.out, name, {"budget": args.budget, "final_only": args.final_only, "records": records}, markdown(records, args.budget))
 
 
 if __name__ == "__main__":

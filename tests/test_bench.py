@@ -255,3 +255,21 @@ def test_task_fit_options_reach_both_sides_and_curves_use_data_units():
     curve = next(r for r in run.result["runs"] if r["method"] == "global-linear")["curve_nll"]
     assert curve == pytest.approx(nll, abs=1e-4)
     assert glob.standardizer.log_det() != 0.0  # the check above compares numbers that differ without the map
+
+
+def test_with_steps_keeps_total_parameters_and_batches():
+    from dataclasses import replace
+
+    from torchcfm_local.bench.protocol import with_steps
+    from torchcfm_local.bench.registry import BUDGETS, TASKS
+
+    task, budget = TASKS["tree"], BUDGETS["quick"]  # 9 blocks, width 256 at width scale 0.5
+    total = task.n_blocks * mlp_params(2, 128, task.depth)
+    new, bud = with_steps(task, budget, 2, (0.2, 0.3, 0.4))
+    assert new.steps == (0.2, 0.3, 0.4) and new.n_blocks == 4 and bud.width_scale == 1.0
+    assert new.width > 128 and abs(4 * mlp_params(2, new.width, new.depth) - total) / total < 0.02
+    assert abs(4 * bud.per_block - task.n_blocks * budget.per_block) < 4  # 2250 total batches
+    same, bud_same = with_steps(task, budget, 2, [h / 2 for h in task.steps])  # same N: width and batches kept
+    assert (same.width, bud_same.per_block) == (128, budget.per_block)
+    with pytest.raises(ValueError, match="block_weights"):
+        with_steps(replace(task, block_weights=(1.0,) * 9), budget, 2, (0.1,))

@@ -21,7 +21,7 @@ curve), :func:`evaluate_final` (test NLL, energy distance, NFE) and :func:`colle
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -33,7 +33,7 @@ from ..networks import MLP, count_parameters, width_for_parameters
 from .registry import BUDGETS, METHODS, TASKS, Budget, Task
 from .report import summarize
 
-__all__ = ["EVAL_ODE", "RunResult", "BenchRun", "Setup", "mlp_params", "matched_width", "block_batches",
+__all__ = ["EVAL_ODE", "RunResult", "BenchRun", "Setup", "mlp_params", "matched_width", "with_steps", "block_batches",
            "resolve", "prepare", "build_model", "fit_lfm_curve", "fit_global_curve", "evaluate_final",
            "collect_result", "run_task"]
 
@@ -49,6 +49,25 @@ def mlp_params(dim: int, width: int, depth: int, **mlp) -> int:
 def matched_width(dim: int, target: int, depth: int, **mlp) -> int:
     """Width whose MLP parameter count is closest to ``target`` (the smaller width on a tie)."""
     return width_for_parameters(lambda width: MLP(dim, width=width, depth=depth, **mlp), target)
+
+
+def with_steps(task: Task, budget: Budget, dim: int, steps: Sequence[float]) -> tuple[Task, Budget]:
+    """``task`` with the finite OU ``steps`` instead of its own, at equal total parameters and batches.
+
+    With another number of blocks the block width is re-matched so that all blocks together keep the
+    parameter count of ``task``'s blocks at ``budget``'s width scale, and the batches per block are
+    rescaled to keep the total (equal to within ``n_blocks`` batches when it does not divide). The
+    width scale is folded into the returned task's width (the returned budget has ``width_scale=1``).
+    """
+    width = max(8, int(round(task.width * budget.width_scale)))
+    total_params = task.n_blocks * mlp_params(dim, width, task.depth, **task.mlp)
+    total_batches = task.n_blocks * budget.per_block
+    new = replace(task, steps=tuple(float(h) for h in steps), width=width)
+    if new.n_blocks != task.n_blocks:
+        if task.block_weights is not None:
+            raise ValueError("with_steps cannot carry block_weights over to another number of blocks")
+        new = replace(new, width=matched_width(dim, total_params // new.n_blocks, task.depth, **task.mlp))
+    return new, replace(budget, width_scale=1.0, per_block=max(1, round(total_batches / new.n_blocks)))
 
 
 @dataclass
