@@ -56,3 +56,33 @@ def test_quick_run_has_equal_parameter_rows_and_mode_tv(tmp_path):
     if figures:
         assert (tmp_path / "distill_quality_vs_nfe.png").stat().st_size > 0
         assert (tmp_path / "distill_samples_mixture_unequal.png").stat().st_size > 0
+
+
+def test_targets_table_picks_the_best_few_step_sampler_and_pairs_seeds(tmp_path):
+    spec = importlib.util.spec_from_file_location("distill_targets_under_test", SCRIPT.parent / "distill_targets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def row(method, family, kind, group, nfe, seed, ed, tv=None):
+        return {"dataset": "mix", "method": method, "family": family, "kind": kind, "group": group, "nfe": nfe,
+                "seed": seed, "energy_distance": ed, "mode_tv": tv, "params": 10}
+
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.1), (2, 0.3)):
+        rows += [row("data", "reference", "reference", "reference", 0.0, seed, 0.0),
+                 row("LFM teacher dopri5", "LFM teacher", "adaptive", "teacher", 2.0, seed, 0.0 + shift, 0.0),
+                 row("LFM distilled k=2", "LFM distilled", "distilled", "equal", 2.0, seed, 2.0 + shift, 0.2),
+                 row("LFM reflow, euler x1/block", "LFM reflow", "euler", "reflow", 2.0, seed, 1.0 + shift, 0.1),
+                 row("global distilled M=2, unequal", "global distilled", "distilled", "unequal", 2.0, seed, 0.5, 0.0),
+                 row("global distilled M=2, equal params", "global distilled", "distilled", "equal", 2.0, seed,
+                     1.5 + 2 * shift, 0.3)]
+    path = tmp_path / "distill.json"
+    path.write_text(json.dumps({"results": {"per_seed_rows": rows}}))
+    (entry,) = mod.main([str(path), "--nfe", "2", "4", "--out", str(tmp_path)])  # nothing at 4 NFE
+    # dopri5 and the unequal-parameter row are not few-step samplers at equal parameters
+    assert entry["lfm_method"] == "LFM reflow, euler x1/block"
+    assert entry["global_method"] == "global distilled M=2, equal params"
+    diffs = [-0.5 - shift for shift in (0.0, 0.1, 0.3)]
+    assert abs(entry["energy_distance"]["diff"]["mean"] - sum(diffs) / 3) < 1e-12
+    assert entry["energy_distance"]["diff"]["se"] > 0 and abs(entry["mode_tv"]["diff"]["mean"] + 0.2) < 1e-12
+    assert "| mix | 2 | LFM reflow, euler x1/block |" in (tmp_path / "distill_targets.md").read_text()
