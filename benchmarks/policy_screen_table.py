@@ -6,8 +6,8 @@ Reads ``<dir>/<variant>/policy_*.json`` (each written by ``benchmarks/bench_poli
 every checkpoint (mean ± SE over training seeds), the paired difference LFM - global per
 checkpoint (same seed, same test states), and the recipe fields that differ from the base
 variant's (``--base``, default the first by name; it comes first in the table). A variant run without the global flow (``--methods lfm``) borrows the global flow of a
-variant whose recipe is the same once ``pool``, ``shared`` and ``free_share`` are reset to their
-defaults: those knobs do not change the global policy, so its runs are the same. Recipes written
+variant whose recipe is the same once ``pool``, ``shared``, ``free_share``, ``h0`` and ``rho`` are
+reset to their defaults: those knobs do not change the global policy, so its runs are the same. Recipes written
 before a knob existed get its default, which is what those runs did.
 
     python benchmarks/policy_screen_table.py benchmarks/results/policy_screen --base lr1e-3
@@ -25,7 +25,8 @@ from torchcfm_local.bench.report import write_results
 from torchcfm_local.bench.seeds import mean_se
 from torchcfm_local.policy.recipe import PolicyRecipe
 
-LFM_ONLY = ("pool", "shared", "free_share")  # recipe knobs that change the LFM policy alone
+#: recipe knobs that change the LFM policy alone (``blocks`` is not one: it sets the global flow's width)
+LFM_ONLY = ("pool", "shared", "free_share", "h0", "rho")
 
 
 def load(directory: Path, base: str = None) -> dict:

@@ -210,8 +210,13 @@ def test_screen_table_pairs_seeds_and_borrows_the_global_runs(tmp_path):
     _fake_run(tmp_path / "base", base, {"global": [(0.5, 0.9), (0.7, 0.9)], "lfm": [(0.1, 0.5), (0.5, 0.7)]})
     _fake_run(tmp_path / "fast", fast, {"global": [(0.8, 1.0), (0.8, 1.0)], "lfm": [(0.6, 0.8), (0.4, 1.0)]})
     _fake_run(tmp_path / "fast_shared", fast.replace(pool="ou", shared=True), {"lfm": [(0.2, 0.4), (0.2, 0.6)]})
+    _fake_run(tmp_path / "fast_steps", fast.replace(h0=0.15, rho=1.3), {"lfm": [(0.2, 0.4), (0.2, 0.6)]})
+    _fake_run(tmp_path / "fast_blocks", fast.replace(blocks=2), {"lfm": [(0.2, 0.4), (0.2, 0.6)]})
     result = mod.screen(mod.load(tmp_path, "fast"))
-    assert list(result["variants"]) == ["fast", "base", "fast_shared"]  # the base first
+    assert list(result["variants"]) == ["fast", "base", "fast_blocks", "fast_shared", "fast_steps"]  # the base first
+    # the OU steps do not change the global flow; the number of blocks sets its width, so nothing to borrow
+    assert result["variants"]["fast_steps"]["global_from"] == "fast"
+    assert result["variants"]["fast_blocks"]["global_from"] == ""
     row = result["variants"]["base"]
     assert row["changes"] == {"lr": 1e-3} and row["global_from"] == "base"
     diff = row["curves"]["lfm - global"]
