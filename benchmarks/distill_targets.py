@@ -11,7 +11,8 @@ negative difference favours LFM. Picking the best of several samplers by its mea
 picked one a little on its own seeds; the SE does not include that.
 
     python benchmarks/distill_targets.py benchmarks/results/distill_mixture_unequal.json \\
-        benchmarks/results/distill_tree_rose.json benchmarks/results/distill_patches3x3.json
+        benchmarks/results/distill_tree_rose.json benchmarks/results/distill_patches3x3.json \\
+        benchmarks/results/distill_digits61.json
     # writes benchmarks/results/distill_targets.{json,md}
 """
 from __future__ import annotations
