@@ -48,6 +48,7 @@ VARIANTS = {
     "softplus20-raw+std": {"mlp": _SOFTPLUS, "fit": {"standardize": "diagonal"}},
     "softplus20-raw+ou": {"mlp": _SOFTPLUS, "fit": {"pool": "ou"}},
     "silu-fourier+std": {"mlp": _SILU, "fit": {"standardize": "diagonal"}},
+    "std-diagonal": {"fit": {"standardize": "diagonal"}},  # the default network on standardized data
     # the task's own OU schedule with the default network; other schedules, ``(h0, rho, N)`` of
     # ``OUSchedule``, at the task's total parameters and batches
     "task-schedule": {},
