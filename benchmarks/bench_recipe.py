@@ -23,6 +23,7 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 from torchcfm_local import datasets
 from torchcfm_local.bench.protocol import run_task, with_steps
@@ -90,17 +91,33 @@ def _cell(stat: dict, digits: int) -> str:
     return f"{mean:.{digits}f}" if se is None else f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
+def paired_nll(records: list[dict], task: str, variant: str, method: str, base: str) -> Optional[dict]:
+    """Mean ± SE over the shared seeds of ``variant``'s test NLL minus ``base``'s (same task, method and seed)."""
+    def by_seed(name):
+        return {r["seed"]: r["final"][method]["test_nll"] for r in records
+                if r["task"] == task and r["variant"] == name and method in r["final"]}
+
+    mine, ref = by_seed(variant), by_seed(base)
+    seeds = sorted(set(mine) & set(ref))
+    return mean_se([mine[s] - ref[s] for s in seeds]) if seeds and variant != base else None
+
+
 def markdown(records: list[dict], budget: str) -> str:
     stats = aggregate(records)
     tasks = list(dict.fromkeys(r["task"] for r in records))
     lines = [f"# Recipe variants, {budget} budget", "",
              "Mean ± standard error over seeds (n in the last column) of the test NLL (nats), the energy "
-             "distance (ED) and the sampling NFE (dopri5 at 1e-5). Lower is better for all three.", ""]
+             "distance (ED) and the sampling NFE (dopri5 at 1e-5). Lower is better for all three. The paired "
+             "column is the test NLL minus that of the task's first variant, same method and seed.", ""]
     for task in tasks:
-        lines += [f"## {task}", "", "| variant | method | test NLL | ED | sample NFE | n |", "|---|---|---|---|---|---|"]
+        base = next(r["variant"] for r in records if r["task"] == task)
+        lines += [f"## {task}", "", f"| variant | method | test NLL | NLL - {base} (paired) | ED | sample NFE | n |",
+                  "|---|---|---|---|---|---|---|"]
         for (t, variant, method), s in stats.items():
             if t == task:
-                lines.append(f"| {variant} | {method} | {_cell(s['test_nll'], 4)} | {_cell(s['energy_distance'], 4)} "
+                diff = paired_nll(records, task, variant, method, base)
+                lines.append(f"| {variant} | {method} | {_cell(s['test_nll'], 4)} "
+                             f"| {'-' if diff is None else _cell(diff, 4)} | {_cell(s['energy_distance'], 4)} "
                              f"| {_cell(s['sample_nfe'], 0)} | {len(s['test_nll']['values'])} |")
         lines.append("")
     return "\n".join(lines)

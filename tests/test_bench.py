@@ -273,3 +273,18 @@ def test_with_steps_keeps_total_parameters_and_batches():
     assert (same.width, bud_same.per_block) == (128, budget.per_block)
     with pytest.raises(ValueError, match="block_weights"):
         with_steps(replace(task, block_weights=(1.0,) * 9), budget, 2, (0.1,))
+
+
+def test_recipe_table_pairs_each_variant_with_the_first_by_seed():
+    mod = _load_benchmark("bench_recipe")
+
+    def rec(variant, seed, nll):
+        run = {"test_nll": nll, "energy_distance": 0.1, "sample_nfe": 10.0}
+        return {"task": "tree", "variant": variant, "seed": seed, "final": {"lfm-trig": run}}
+
+    records = [rec("base", 0, 2.0), rec("other", 0, 1.9), rec("base", 1, 3.0), rec("other", 1, 2.7), rec("base", 2, 2.5)]
+    diff = mod.paired_nll(records, "tree", "other", "lfm-trig", "base")  # seed 2 has no partner
+    assert diff["values"] == pytest.approx([-0.1, -0.3]) and diff["mean"] == pytest.approx(-0.2)
+    assert mod.paired_nll(records, "tree", "base", "lfm-trig", "base") is None
+    text = mod.markdown(records, "quick")
+    assert "NLL - base (paired)" in text and "| other | lfm-trig | 2.3000 ± 0.4000 | -0.2000 ± 0.1000 |" in text
