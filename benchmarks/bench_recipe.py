@@ -56,6 +56,7 @@ VARIANTS = {
     "ou-3x0.25": {"schedule": (0.25, 1.0, 3)},
     "ou-4x0.15": {"schedule": (0.15, 1.3, 4)},
     "ou-4x0.3": {"schedule": (0.3, 1.1, 4)},
+    "ou-3x0.25+std": {"schedule": (0.25, 1.0, 3), "fit": {"standardize": "diagonal"}},
 }
 
 METRICS = ("test_nll", "energy_distance", "sample_nfe")
