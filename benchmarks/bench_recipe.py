@@ -15,7 +15,8 @@ and no schedule, and its width follows the LFM blocks' unchanged total).
     # writes benchmarks/results/recipe_<budget>.{json,md}
 
 Every finished (task, variant, seed) is written at once, so an interrupted screen keeps its runs
-and ``--resume`` skips them.
+and ``--resume`` skips them (the file lists every invocation that added runs). ``--render`` only
+rewrites the markdown table from the JSON file.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Optional
 from torchcfm_local import datasets
 from torchcfm_local.bench.protocol import run_task, with_steps
 from torchcfm_local.bench.registry import BUDGETS, METHODS, TASKS, Budget, Task
-from torchcfm_local.bench.report import write_results
+from torchcfm_local.bench.report import provenance, write_results
 from torchcfm_local.bench.seeds import mean_se
 from torchcfm_local.schedule import OUSchedule
 
@@ -136,11 +137,23 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default benchmarks/results)")
     parser.add_argument("--final-only", action="store_true",
                         help="train only the full-budget models (no learning curve): LFM costs 1x instead of 1.75x")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the markdown table from the JSON file (after a change to the table)")
     args = parser.parse_args(argv)
     budget = replace(BUDGETS[args.budget], fractions=(1.0,)) if args.final_only else BUDGETS[args.budget]
     name = args.name or f"recipe_{args.budget}"
     path = args.out / f"{name}.json"
-    records = json.loads(path.read_text())["results"]["records"] if args.resume and path.exists() else []
+    old = json.loads(path.read_text()) if (args.resume or args.render) and path.exists() else None
+    records = old["results"]["records"] if old else []
+    # every invocation that added runs to the file: --resume keeps the earlier ones
+    invocations = old["results"].get("invocations", [_invocation(old["provenance"])]) if old else []
+    if args.render:
+        if old is None:
+            raise SystemExit(f"--render: no results file {path}")
+        table = markdown(records, old["results"]["budget"]) + _runs_text(invocations)
+        (args.out / f"{name}.md").write_text(f"{table}\n\nTable rendered by `{_invocation(provenance())}.\n")
+        return
+    invocations.append(_invocation(provenance()))
     done = {(r["task"], r["variant"], r["seed"]) for r in records}
     methods = args.methods.split(",")
     for seed in [int(s) for s in args.seeds.split(",")]:  # seeds outermost: an early stop still covers every variant
@@ -153,8 +166,17 @@ def main(argv=None) -> None:
                                progress=False, log=lambda *a: None)
                 records.append({"task": task, "variant": variant, "seed": seed, "changes": VARIANTS[variant],
                                 "final": final_runs(run.result)})
-                write_results(args.out, name, {"budget": args.budget, "final_only": args.final_only, "records": records}, markdown(records, args.budget))
+                results = {"budget": args.budget, "final_only": args.final_only, "records": records,
+                           "invocations": invocations}
+                write_results(args.out, name, results, markdown(records, args.budget) + _runs_text(invocations))
 
+
+def _invocation(prov: dict) -> str:
+    return f"{prov['command']}` at `{prov['commit'][:7]}` ({prov['date']})"
+
+
+def _runs_text(invocations: list[str]) -> str:
+    return "\n\nRuns in this file: " + "; ".join(f"`{inv}" for inv in invocations) + "."
 
 if __name__ == "__main__":
     main()

@@ -288,3 +288,18 @@ def test_recipe_table_pairs_each_variant_with_the_first_by_seed():
     assert mod.paired_nll(records, "tree", "base", "lfm-trig", "base") is None
     text = mod.markdown(records, "quick")
     assert "NLL - base (paired)" in text and "| other | lfm-trig | 2.3000 ± 0.4000 | -0.2000 ± 0.1000 |" in text
+
+
+def test_recipe_render_rewrites_the_table_and_keeps_the_runs(tmp_path):
+    from torchcfm_local.bench.report import write_results
+
+    mod = _load_benchmark("bench_recipe")
+    run = {"test_nll": 2.0, "energy_distance": 0.1, "sample_nfe": 10.0}
+    records = [{"task": "tree", "variant": "base", "seed": 0, "final": {"lfm-trig": run}}]
+    write_results(tmp_path, "screen", {"budget": "quick", "records": records}, "old table")
+    mod.main(["--render", "--name", "screen", "--out", str(tmp_path)])
+    text = (tmp_path / "screen.md").read_text()
+    assert "| base | lfm-trig | 2.0000 | - |" in text and "Runs in this file: `" in text and "Table rendered by `" in text
+    assert json.loads((tmp_path / "screen.json").read_text())["results"]["records"] == records  # the JSON is kept
+    with pytest.raises(SystemExit, match="no results file"):
+        mod.main(["--render", "--name", "missing", "--out", str(tmp_path)])

@@ -318,6 +318,20 @@ def test_bad_velocity_factories():
         )
 
 
+def test_default_model_needs_only_the_dimension():
+    lfm = tl.LocalFlowMatching(2)
+    assert lfm.schedule == tl.OUSchedule() and lfm.schedule.step_sizes == (0.25, 0.25, math.inf)
+    # a few hundred batches make a model of a two-mode density better than the best single Gaussian
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
+    x = centres[torch.randint(0, 2, (3000,), generator=g)] + 0.3 * torch.randn(3000, 2, generator=g)
+    torch.manual_seed(0)
+    lfm.fit(x[:2500], batches_per_block=150, batch_size=256, progress=False)
+    test = x[2500:]
+    gauss = torch.distributions.MultivariateNormal(x[:2500].mean(0), torch.cov(x[:2500].T))
+    assert -lfm.log_prob(test).mean() < -gauss.log_prob(test).mean() - 0.5
+
+
 def test_bad_constructor_arguments():
     with pytest.raises(TypeError, match="schedule must be an OUSchedule"):
         tl.LocalFlowMatching(2, schedule=[0.1, 0.2])
