@@ -54,8 +54,8 @@ class LocalFlowMatching(nn.Module):
 
     Args:
         dim: data dimension (``int``) or sample shape (tuple, e.g. ``(3, 32, 32)`` or ``(16, 7)``).
-        schedule: the OU block schedule (:class:`OUSchedule`); ``OUSchedule.global_flow()`` is
-            plain flow matching with one network.
+        schedule: the OU block schedule (:class:`OUSchedule`); default ``OUSchedule()`` (3 blocks,
+            see there). ``OUSchedule.global_flow()`` is plain flow matching with one network.
         matcher: any torchcfm conditional matcher; default: the trigonometric path
             ``VariancePreservingConditionalFlowMatcher(sigma=0)`` used by the reference.
         velocity_factory: ``n -> nn.Module`` building block ``n``'s velocity network (1-based), called as
@@ -81,7 +81,7 @@ class LocalFlowMatching(nn.Module):
     def __init__(
         self,
         dim: Union[int, Sequence[int]],
-        schedule: OUSchedule,
+        schedule: Optional[OUSchedule] = None,
         matcher=None,
         velocity_factory: Optional[Callable[[int], nn.Module]] = None,
         *,
@@ -90,6 +90,7 @@ class LocalFlowMatching(nn.Module):
         cond_dim: Optional[int] = None,
     ):
         super().__init__()
+        schedule = OUSchedule() if schedule is None else schedule
         if not isinstance(schedule, OUSchedule):
             raise TypeError(f"schedule must be an OUSchedule, got {type(schedule).__name__}")
         self.cond_dim = positive_int(cond_dim, "cond_dim", allow_none=True)
@@ -128,10 +129,8 @@ class LocalFlowMatching(nn.Module):
         return torch.get_default_dtype()
 
     def _build_net(self, n: int) -> nn.Module:
-        if self.velocity_factory is None:
-            net = MLP(self.dim, cond_features=0 if self.cond_dim is None else self.cond_dim + 1)
-        else:
-            net = self.velocity_factory(n)
+        cond_features = 0 if self.cond_dim is None else self.cond_dim + 1
+        net = (self.velocity_factory or (lambda n: MLP(self.dim, cond_features=cond_features)))(n)
         if not isinstance(net, nn.Module):
             raise TypeError(f"velocity_factory({n}) must return an nn.Module, got {type(net).__name__}")
         probe = torch.zeros(2, *self.shape, device=_device_of(net), dtype=next(net.parameters(), torch.zeros(())).dtype)

@@ -63,13 +63,20 @@ class OUSchedule:
     ``OUSchedule.from_steps([0.15, 0.2, 0.26])`` (the free block is appended: 4 blocks), or as the
     global flow ``OUSchedule.global_flow()`` (one free block).
 
+    ``OUSchedule()`` is the default of :class:`~torchcfm_local.LocalFlowMatching`: two coupled
+    blocks with steps 0.25 and the free block (total OU time 0.5, that of the paper's 2D
+    schedule, in three blocks instead of nine). It was chosen by a three-seed screen of
+    schedules at equal parameters and batches over six density tasks (2D, image patches,
+    tabular; ``benchmarks/results/schedule_quick.md``), where it was the best or close to it
+    with the default path on all but the smallest dataset.
+
     Args:
         h0: first step size, ``> 0`` (unused when ``n_blocks == 1``).
         rho: growth factor of the step sizes, ``> 0``.
         n_blocks: total number of blocks ``N >= 1``, the free block included.
     """
 
-    def __init__(self, h0: float = 0.1, rho: float = 1.0, n_blocks: int = 4):
+    def __init__(self, h0: float = 0.25, rho: float = 1.0, n_blocks: int = 3):
         if isinstance(n_blocks, bool) or not isinstance(n_blocks, int):
             raise TypeError(f"n_blocks must be an int, got {type(n_blocks).__name__}")
         if n_blocks < 1:
