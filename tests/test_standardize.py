@@ -184,3 +184,23 @@ def test_bad_inputs():
         wide.fit(torch.randn(40, 4097), standardize="full", **FIT)
     with pytest.raises(ValueError, match="at most 4096"):
         Standardizer.fit(torch.randn(10, 4097), "full")
+
+
+def test_fit_without_standardization_warns_about_data_far_from_unit_scale():
+    import warnings
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=g)
+
+    def fit(data, **kw):
+        model = tl.LocalFlowMatching(3, velocity_factory=lambda n: tl.MLP(3, width=8))
+        model.fit(data, batches_per_block=1, batch_size=50, progress=False, **kw)
+
+    for scale in (0.05, 10.0):
+        with pytest.warns(UserWarning, match=r"RMS feature std is .*standardize='diagonal'") as caught:
+            fit(scale * x)
+        assert caught[0].filename == __file__  # points at the caller's fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(x)  # unit scale
+        fit(0.05 * x, standardize="diagonal")  # the blocks see unit-scale data

@@ -3,7 +3,7 @@
 Public API::
 
     import torchcfm_local as tl
-    lfm = tl.LocalFlowMatching(dim=2, schedule=tl.OUSchedule(h0=0.025, rho=1.25, n_blocks=9))
+    lfm = tl.LocalFlowMatching(dim=2)      # default schedule tl.OUSchedule(): 3 blocks
     report = lfm.fit(x_train, batches_per_block=1000, batch_size=256)
     x = lfm.sample(1000); z = lfm.encode(x); x2 = lfm.decode(z)
 """

@@ -19,6 +19,7 @@ before training the first block.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -33,6 +34,12 @@ MODES = ("diagonal", "full")
 
 #: Most features ``"full"`` accepts: it forms, factors and stores a ``d x d`` covariance.
 FULL_MAX_DIM = 4096
+
+#: ``fit`` without standardization warns when the data's RMS feature std lies outside this range.
+#: The OU steps are measured against N(0, I) noise: on data of scale ``s`` a short step ``h`` adds
+#: as much noise relative to the data as a step ``h / s**2`` does on unit-scale data, so outside
+#: this range the schedule's steps act at least 16 times longer or shorter than their values say.
+SCALE_RANGE = (0.25, 4.0)
 
 #: A feature whose std is at most this fraction of its mean's magnitude (or exactly 0) is constant:
 #: its spread is a few float32 rounding steps of its value.
@@ -85,10 +92,11 @@ class Standardizer:
         mode = None if mode in (None, "none") else mode
         if mode not in (None,) + MODES:
             raise ValueError(f"standardize must be None, 'none', 'diagonal' or 'full', got {mode!r}")
-        if mode is None:
-            return cls()
         shape = tuple(x.shape[1:]) if shape is None else tuple(shape)
         d = int(np.prod(shape))
+        if mode is None:
+            _warn_if_off_scale(x, d)
+            return cls()
         if mode == "full" and d > FULL_MAX_DIM:
             raise ValueError(f"standardize='full' forms a {d} x {d} covariance; it takes at most {FULL_MAX_DIM} "
                              "features: use standardize='diagonal'")
@@ -190,6 +198,18 @@ def _moments(x: torch.Tensor, d: int, full: bool) -> tuple[torch.Tensor, torch.T
         part = x[i : i + chunk].reshape(-1, d).to("cpu", torch.float64) - mean
         second += part.T @ part if full else (part * part).sum(0)
     return mean, second / n
+
+
+def _warn_if_off_scale(x: torch.Tensor, d: int) -> None:
+    """Warn when the RMS per-feature std of ``x`` (on at most about 10k evenly spaced rows) is
+    outside :data:`SCALE_RANGE`."""
+    rows = x[:: max(1, x.shape[0] // 10_000)]
+    scale = float(_moments(rows, d, full=False)[1].mean().sqrt())
+    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        warnings.warn(f"the training data's RMS feature std is {scale:.3g}, far from the unit scale of the "
+                      "N(0, I) noise that the OU steps are measured against (a step h acts like h / scale^2 "
+                      "on unit-scale data); fit(..., standardize='diagonal') rescales the data for the "
+                      "blocks and undoes it in decode, sample and log_prob", UserWarning, stacklevel=7)
 
 
 def _check_not_constant(mean: torch.Tensor, std: torch.Tensor, shape: tuple) -> None:
