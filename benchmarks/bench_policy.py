@@ -25,11 +25,13 @@ the mean of the last 3, each as mean ± SE over training seeds. The checkpoint a
 policy that a total budget of e epochs produces: snapshots of one run for the global flow and the
 regression baseline (without lr decay), one run per checkpoint for LFM (its blocks train one after
 the other; see the protocol module). Latency: mean wall time of one ``predict_action`` call for
-all live episodes, after a warm-up, at equal NFE for both flows (RK4, 16 steps over all blocks).
+all live episodes, after a warm-up, at equal NFE for both flows (RK4, 16 steps over all blocks,
+rounded up to a multiple of the LFM blocks: 18 with the default 3).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -38,6 +40,7 @@ import torch
 
 from torchcfm_local.bench.report import write_results
 from torchcfm_local.policy import TASKS, collect_demos, make_env
+from torchcfm_local.policy.policy import POLICY_RK4_STEPS
 from torchcfm_local.policy.protocol import checkpoint_epochs, run_protocol, summarize
 from torchcfm_local.policy.recipe import PolicyRecipe
 
@@ -166,7 +169,8 @@ def table(args, recipe, summary, demos, grid, name) -> str:
     lines += ["", f"Recipe: `{recipe.to_dict()}`.",
               f"Demos: {args.demos} expert episodes (expert success {demos.meta['expert_success_rate']:.2f}), "
               f"{demos.action.shape[0]} steps. Policies: To=2, H=16, Ta=8; {lfm_description(recipe)}; the global "
-              "network is widened to LFM's parameters; sampling: RK4, 16 steps over all blocks.",
+              f"network is widened to LFM's parameters; sampling: RK4, "
+              f"{recipe.blocks * math.ceil(POLICY_RK4_STEPS / recipe.blocks)} steps over all blocks for both flows.",
               "Checkpoint at epoch e = the policy a total budget of e epochs produces (from the same seed): "
               "`snapshot` = read off one run per seed, `run` = one training run per checkpoint (LFM has no "
               "usable policy before all its blocks are trained). "

@@ -86,7 +86,7 @@ def test_bench_reads_the_same_flags():
 
 def test_recipe_defaults_checks_and_round_trip(demos, tmp_path):
     default = PolicyRecipe()
-    assert default.schedule("lfm") == tl.OUSchedule(0.3, 1.1, 4) == DEFAULT_LFM_SCHEDULE
+    assert default.schedule("lfm") == tl.OUSchedule() == tl.OUSchedule(0.25, 1.0, 3) == DEFAULT_LFM_SCHEDULE
     assert type(default.matcher()) is VariancePreservingConditionalFlowMatcher and default.decay is None
     assert PolicyRecipe.from_dict(json.loads(json.dumps(PolicyRecipe(**KNOBS).to_dict()))) == PolicyRecipe(**KNOBS)
     for bad in ({"path": "ot"}, {"blocks": 0}, {"h0": -1.0}, {"lr_decay": "step"}, {"ema_decay": 1.5},
@@ -184,7 +184,7 @@ def test_bench_quick_runs_end_to_end(tmp_path):
     assert results["recipe"] == PolicyRecipe(width=16, epochs=2.0).to_dict()
     summary = results["summary"]
     assert summary["lfm"]["checkpoint"] == "run" and summary["global"]["checkpoint"] == "snapshot"
-    assert summary["lfm"]["nfe_per_chunk"] == summary["global"]["nfe_per_chunk"] == 64
+    assert summary["lfm"]["nfe_per_chunk"] == summary["global"]["nfe_per_chunk"] == 72  # 18 RK4 steps
     assert summary["global"]["max"]["se"] is not None
     for suffix in (".md", ".png", "_chunks.png"):
         assert (tmp_path / f"policy_point_quick{suffix}").stat().st_size > 0

@@ -82,7 +82,7 @@ def test_bench_reads_the_flags_and_describes_shared_blocks(demos):
            "seconds_per_chunk": {"mean": 0.01, "se": None, "values": [0.01]}, "curve": [stat]}
     text = bench.table(args, recipe, {"lfm": row}, demos, [100.0], "policy_point_shared")
     assert f"Recipe: `{recipe.to_dict()}`." in text and "'shared': True" in text
-    assert "LFM: 4 blocks" in text and "share one network with a learned block embedding" in text
+    assert "LFM: 3 blocks" in text and "share one network with a learned block embedding" in text
 
 
 @pytest.mark.parametrize("network, width, tolerance", [("mlp", 32, 0.02), ("unet", 128, 0.05)])

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 import torch
 
 from ..networks import count_parameters, width_for_parameters
+from ..solvers import ODEOptions
 from .demos import save_demos
 from .formats import load_any_demos, save_robomimic
 from .formats_lerobot import save_lerobot
-from .policy import FlowPolicy, RegressionPolicy, load_policy
+from .policy import POLICY_RK4_STEPS, FlowPolicy, RegressionPolicy, load_policy
 from .recipe import PolicyRecipe
 from .rollout import evaluate
 from .tasks import TASKS, collect_demos
@@ -46,7 +48,9 @@ def build_policy(method: str, obs_dims: dict, action_dim: int, network: "str | N
     the LFM blocks share one network (``FlowPolicy(shared=True)``), widened until its parameter
     count (core and block embedding) matches that of N separate blocks of ``recipe.width``; the
     global network is widened to that same count, so separate LFM, shared LFM and global have equal
-    parameters (to the nearest width; U-Net widths in steps of 32). ``network``, ``width``
+    parameters (to the nearest width; U-Net widths in steps of 32). Both flows sample with RK4 at
+    equal NFE: ``blocks * ceil(16 / blocks)`` steps in all (LFM: that many per block over its
+    blocks; global: all of them in its one block). ``network``, ``width``
     and ``lfm_blocks``, when given, override the recipe's ``network``, ``width`` and ``blocks``. The
     policy keeps the recipe (``policy.recipe``); train it with ``policy.fit(demos, **policy.recipe.fit_options())``.
     """
@@ -57,11 +61,14 @@ def build_policy(method: str, obs_dims: dict, action_dim: int, network: "str | N
     if method == "regression":
         return RegressionPolicy(obs_dims, action_dim, width=recipe.width, recipe=recipe)
 
+    total_steps = recipe.blocks * math.ceil(POLICY_RK4_STEPS / recipe.blocks)  # equal NFE for both flows
+
     def make(schedule, w, shared=False):
         config = ({"down_dims": [w // 4, w // 2, w], "kernel_size": 5, "n_groups": 8, "time_dim": 32}
                   if recipe.network == "unet" else {"width": w, "activation": recipe.activation, "n_freq": recipe.n_freq})
+        ode = ODEOptions(solver="rk4", steps=total_steps // schedule.n_blocks)
         return FlowPolicy(obs_dims, action_dim, schedule=schedule, network=recipe.network, network_config=config,
-                          matcher=recipe.matcher(), recipe=recipe, shared=shared)
+                          matcher=recipe.matcher(), ode=ode, recipe=recipe, shared=shared)
 
     def widened(schedule, shared=False):  # the network of the separate LFM blocks' parameter count
         step = 32 if recipe.network == "unet" else 1  # U-Net widths stay multiples of 4 * n_groups

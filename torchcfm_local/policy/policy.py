@@ -43,11 +43,12 @@ from .unet1d import ConditionalUnet1D
 
 __all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "DEFAULT_LFM_SCHEDULE", "POLICY_MLP"]
 
-#: LFM schedule of a policy when none is given: the default recipe's (:class:`PolicyRecipe`,
-#: h0 = 0.3, rho = 1.1, N = 4, the paper's CIFAR-10 values; its robotics schedules are shorter).
+#: LFM schedule of a policy when none is given: the default recipe's (:class:`PolicyRecipe`), which
+#: is the package's default ``OUSchedule()`` (two steps of 0.25 and the free block).
 DEFAULT_LFM_SCHEDULE = PolicyRecipe().schedule("lfm")
-#: RK4 steps of a policy's sampling ODE summed over its blocks (each block gets ``ceil(16 / N)``),
-#: so that global and LFM policies sample at (about) equal cost: 64 network evaluations per chunk.
+#: RK4 steps of a policy's sampling ODE summed over its blocks (each block gets ``ceil(16 / N)``).
+#: ``build_policy`` gives a recipe's global flow as many steps as its LFM blocks take together,
+#: so that both sample at equal cost (with 3 blocks: 18 steps, 72 network evaluations per chunk).
 POLICY_RK4_STEPS = 16
 #: MLP settings of a ``network="mlp"`` policy (``network_config`` overrides them): SiLU with four
 #: Fourier time frequencies, the defaults of :class:`PolicyRecipe`'s ``activation`` and ``n_freq``

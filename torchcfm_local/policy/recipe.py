@@ -67,12 +67,13 @@ class PolicyRecipe:
     ``batch_size`` -> ``--batch-size``).
 
     Attributes:
-        h0: first OU step of the LFM schedule ``OUSchedule(h0, rho, blocks)``. Default 0.3, the
-            paper's CIFAR-10 value (its robotics schedules use 0.15-0.2).
-        rho: growth factor of the LFM steps, ``h_k = h0 * rho^(k-1)``. Default 1.1 (paper,
-            robotics: 1-1.25).
+        h0: first OU step of the LFM schedule ``OUSchedule(h0, rho, blocks)``. Default 0.25.
+        rho: growth factor of the LFM steps, ``h_k = h0 * rho^(k-1)``. Default 1.
         blocks: LFM blocks N, the free block included. The global flow is always one block whose
-            network is widened until it has the LFM policy's parameter count.
+            network is widened until it has the LFM policy's parameter count. Default 3: with
+            ``h0`` and ``rho`` the package's default schedule ``OUSchedule()`` (two steps of 0.25
+            and the free block), which beat the paper's CIFAR-10 schedule (0.3, 1.1, 4 blocks) on
+            the point, Lift and Can tasks (``benchmarks/results/README.md``, "Policy recipe").
         path: probability path inside each block: ``"trig"`` (torchcfm's
             ``VariancePreservingConditionalFlowMatcher(sigma=0)``, the package default) or
             ``"linear"`` (``ConditionalFlowMatcher(sigma=0)``, the paper's choice for robotics).
@@ -117,9 +118,9 @@ class PolicyRecipe:
             recipe screen (``benchmarks/results/README.md``).
     """
 
-    h0: float = _knob(0.3, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
-    rho: float = _knob(1.1, "growth factor of the LFM steps, h_k = h0 * rho^(k-1) (paper, robotics: 1-1.25)", float)
-    blocks: int = _knob(4, "LFM blocks, the free one included (the global flow: 1 block, equal parameters)", int)
+    h0: float = _knob(0.25, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
+    rho: float = _knob(1.0, "growth factor of the LFM steps, h_k = h0 * rho^(k-1) (paper, robotics: 1-1.25)", float)
+    blocks: int = _knob(3, "LFM blocks, the free one included (the global flow: 1 block, equal parameters)", int)
     path: str = _knob("trig", "probability path in each block: trig (variance preserving) or linear (OT)",
                       choices=PATHS)
     network: str = _knob("mlp", "velocity network of the flow policies", choices=NETWORKS)
