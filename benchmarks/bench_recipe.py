@@ -151,7 +151,7 @@ def main(argv=None) -> None:
         if old is None:
             raise SystemExit(f"--render: no results file {path}")
         table = markdown(records, old["results"]["budget"]) + _runs_text(invocations)
-        (args.out / f"{name}.md").write_text(f"{table}\n\nTable rendered by `{_invocation(provenance())}.\n")
+        (args.out / f"{name}.md").write_text(f"{table}\n\nTable rendered by {_described(provenance())}.\n")
         return
     invocations.append(_invocation(provenance()))
     done = {(r["task"], r["variant"], r["seed"]) for r in records}
@@ -171,12 +171,17 @@ def main(argv=None) -> None:
                 write_results(args.out, name, results, markdown(records, args.budget) + _runs_text(invocations))
 
 
-def _invocation(prov: dict) -> str:
-    return f"{prov['command']}` at `{prov['commit'][:7]}` ({prov['date']})"
+def _invocation(prov: dict) -> dict:
+    return {k: prov[k] for k in ("command", "commit", "date")}
 
 
-def _runs_text(invocations: list[str]) -> str:
-    return "\n\nRuns in this file: " + "; ".join(f"`{inv}" for inv in invocations) + "."
+def _described(inv: dict) -> str:
+    return f"`{inv['command']}` at `{inv['commit'][:7]}` ({inv['date']})"
+
+
+def _runs_text(invocations: list[dict]) -> str:
+    return "\n\nRuns in this file: " + "; ".join(map(_described, invocations)) + "."
+
 
 if __name__ == "__main__":
     main()
