@@ -68,7 +68,8 @@ class OUSchedule:
     schedule, in three blocks instead of nine). It was chosen by a three-seed screen of
     schedules at equal parameters and batches over six density tasks (2D, image patches,
     tabular; ``benchmarks/results/schedule_quick.md``), where it was the best or close to it
-    with the default path on all but the smallest dataset.
+    with the default path on all but the smallest dataset. The policies' recipe
+    (:class:`~torchcfm_local.policy.PolicyRecipe`) uses it too.
 
     Args:
         h0: first step size, ``> 0`` (unused when ``n_blocks == 1``).
