@@ -247,7 +247,8 @@ def test_encode_decode_and_log_prob(trained, data):
     assert terms.divergence.shape == (3, 200)
     # a briefly trained model is still far better than N(0, I) on the two Gaussians
     assert float(log_p.mean()) > float(tl.standard_normal_log_prob(x).mean()) + 0.5
-    assert report.blocks[0].final_loss < report.blocks[0].losses[0]
+    losses = report.blocks[0].losses  # one noisy batch each: compare the first and the last six
+    assert sum(losses[-6:]) < sum(losses[:6])
 
 
 def test_distill_a_shared_model(trained, tmp_path):

@@ -56,8 +56,8 @@ class LocalFlowMatching(nn.Module):
         dim: data dimension (``int``) or sample shape (tuple, e.g. ``(3, 32, 32)`` or ``(16, 7)``).
         schedule: the OU block schedule (:class:`OUSchedule`); default ``OUSchedule()`` (3 blocks,
             see there). ``OUSchedule.global_flow()`` is plain flow matching with one network.
-        matcher: any torchcfm conditional matcher; default: the trigonometric path
-            ``VariancePreservingConditionalFlowMatcher(sigma=0)`` used by the reference.
+        matcher: any torchcfm conditional matcher; default: the linear path
+            ``ConditionalFlowMatcher(sigma=0)`` (:func:`~torchcfm_local.matchers.default_matcher`).
         velocity_factory: ``n -> nn.Module`` building block ``n``'s velocity network (1-based), called as
             ``net(t, x)`` with ``t`` of shape ``(B,)``, or ``net(cat([x, t[:, None]]))`` when its ``forward``
             takes one argument (torchcfm's ``MLP``). Default: ``MLP(prod(shape), width=256, depth=3)``.

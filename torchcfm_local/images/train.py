@@ -89,7 +89,11 @@ def build_model(shape, config: ImageConfig, method: str = "lfm") -> LocalFlowMat
         schedule = OUSchedule.global_flow()
     else:
         raise ValueError(f"method must be 'lfm' or 'global', got {method!r}")
-    return LocalFlowMatching(shape, schedule, velocity_factory=lambda n: UNetVelocity(shape, **unet))
+    from torchcfm.conditional_flow_matching import VariancePreservingConditionalFlowMatcher
+
+    # the reference's path for images (the package default is the linear path, screened on densities)
+    return LocalFlowMatching(shape, schedule, VariancePreservingConditionalFlowMatcher(sigma=0.0),
+                             velocity_factory=lambda n: UNetVelocity(shape, **unet))
 
 
 def fit_model(model: LocalFlowMatching, x: torch.Tensor, config: ImageConfig, batches_per_block: int, *,
