@@ -75,8 +75,10 @@ class PolicyRecipe:
             and the free block), which beat the paper's CIFAR-10 schedule (0.3, 1.1, 4 blocks) on
             the point, Lift and Can tasks (``benchmarks/results/README.md``, "Policy recipe").
         path: probability path inside each block: ``"trig"`` (torchcfm's
-            ``VariancePreservingConditionalFlowMatcher(sigma=0)``, the package default) or
-            ``"linear"`` (``ConditionalFlowMatcher(sigma=0)``, the paper's choice for robotics).
+            ``VariancePreservingConditionalFlowMatcher(sigma=0)``, the policies' default: the
+            linear path cost LFM 0.1-0.2 on the point task) or ``"linear"``
+            (``ConditionalFlowMatcher(sigma=0)``, the paper's choice for robotics and the
+            default of ``LocalFlowMatching``).
         network: velocity network of a flow policy: ``"mlp"`` or ``"unet"`` (1D temporal U-Net).
         activation: activation of a flow policy's MLP (``network="mlp"``; the U-Net and the
             regression MLP keep theirs). Default ``"silu"``.
