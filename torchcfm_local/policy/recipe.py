@@ -75,8 +75,8 @@ class PolicyRecipe:
             and the free block), which beat the paper's CIFAR-10 schedule (0.3, 1.1, 4 blocks) on
             the point, Lift and Can tasks (``benchmarks/results/README.md``, "Policy recipe").
         path: probability path inside each block: ``"trig"`` (torchcfm's
-            ``VariancePreservingConditionalFlowMatcher(sigma=0)``, the policies' default: the
-            linear path cost LFM 0.1-0.2 on the point task) or ``"linear"``
+            ``VariancePreservingConditionalFlowMatcher(sigma=0)``, the policies' default, better
+            for LFM on the point task in ``benchmarks/results/policy_screen``) or ``"linear"``
             (``ConditionalFlowMatcher(sigma=0)``, the paper's choice for robotics and the
             default of ``LocalFlowMatching``).
         network: velocity network of a flow policy: ``"mlp"`` or ``"unet"`` (1D temporal U-Net).
