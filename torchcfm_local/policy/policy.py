@@ -189,7 +189,8 @@ class FlowPolicy(_ChunkPolicy):
             with :data:`POLICY_MLP` unless ``network_config`` overrides it).
         network_config: keyword arguments of the network, the same for every block (of the shared
             network's core with ``shared``).
-        matcher: a torchcfm matcher without minibatch OT (default: the recipe's path, trigonometric).
+        matcher: a torchcfm matcher without minibatch OT (default: the default recipe's path, the
+            trigonometric one; the package-wide default, the linear path, was worse on policies).
         ode: sampling ODE options (default: RK4 with :data:`POLICY_RK4_STEPS` steps over all blocks).
         guidance: classifier-free guidance scale at sampling (``None``: off; needs
             ``cond_dropout > 0`` in :meth:`fit`).
@@ -216,7 +217,7 @@ class FlowPolicy(_ChunkPolicy):
         schedule = schedule or DEFAULT_LFM_SCHEDULE
         steps = math.ceil(POLICY_RK4_STEPS / schedule.n_blocks)
         self.ode = ODEOptions.coerce(ode, ODEOptions(solver="rk4", steps=steps))
-        matcher = (self.recipe or PolicyRecipe()).matcher() if matcher is None else matcher
+        matcher = PolicyRecipe().matcher() if matcher is None else matcher
         self.flow = LocalFlowMatching((horizon, action_dim), schedule, matcher, self._factory(schedule.n_blocks),
                                       ode=self.ode, cond_dim=self.cond_dim)
 

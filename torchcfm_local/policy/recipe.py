@@ -7,7 +7,8 @@ it to :func:`~torchcfm_local.policy.cli.build_policy` and train with
 :func:`~torchcfm_local.policy.load_policy`). Changing a default here changes it for both.
 
 The defaults are the recipe the policy benchmarks were first measured with, changed only on the
-evidence of a multi-seed screen (so far the learning rate; ``benchmarks/results/README.md``). They
+evidence of a multi-seed screen (so far the learning rate and the schedule;
+``benchmarks/results/README.md``). They
 are neither the paper's robotics recipe (h0 = 0.15-0.2, rho = 1-1.25, the linear path) nor
 Diffusion Policy's (AdamW 1e-4 with weight decay, cosine decay after a warm-up, EMA).
 """
@@ -72,8 +73,9 @@ class PolicyRecipe:
         blocks: LFM blocks N, the free block included. The global flow is always one block whose
             network is widened until it has the LFM policy's parameter count. Default 3: with
             ``h0`` and ``rho`` the package's default schedule ``OUSchedule()`` (two steps of 0.25
-            and the free block), which beat the paper's CIFAR-10 schedule (0.3, 1.1, 4 blocks) on
-            the point, Lift and Can tasks (``benchmarks/results/README.md``, "Policy recipe").
+            and the free block), which was better than or level with the paper's CIFAR-10 schedule
+            (0.3, 1.1, 4 blocks) at every checkpoint on the point, Lift and Can tasks
+            (``benchmarks/results/README.md``, "Policy recipe").
         path: probability path inside each block: ``"trig"`` (torchcfm's
             ``VariancePreservingConditionalFlowMatcher(sigma=0)``, the policies' default, better
             for LFM on the point task in ``benchmarks/results/policy_screen``) or ``"linear"``
