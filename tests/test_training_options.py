@@ -168,3 +168,30 @@ def test_bound_fields_do_not_share_state():
     v_null = net(t, x, torch.zeros_like(c2))
     assert torch.allclose(interleaved[1], v_null + 2.0 * (net(t, x, c2) - v_null), atol=1e-6)
     assert (a.nfe, b.nfe, field.nfe, field.cond) == (2, 1, 0, None)
+
+
+def test_cpu_optimizer_skips_the_per_step_gpu_check(monkeypatch):
+    """Adam's step asks torch.accelerator whether a GPU is available (slow once pytorch_lightning set
+    PYTORCH_NVML_BASED_CUDA_CHECK); the optimizer built for CPU parameters does not ask, and steps
+    exactly like torch's own."""
+    from torchcfm_local.training.loop import OptimConfig
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    ours, plain = OptimConfig(lr=0.1).optimizer(a.parameters()), torch.optim.Adam(b.parameters(), lr=0.1)
+    calls = []
+    real = torch.accelerator.current_accelerator
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(5, 3)
+    asked = []
+    for opt, net in ((ours, a), (plain, b)):
+        for _ in range(3):
+            opt.zero_grad()
+            net(x).pow(2).sum().backward()
+            opt.step()
+        asked.append(len(calls))
+    assert asked[0] == 0 and asked[1] >= 3  # torch's Adam asked on each of its steps, ours never
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    weighted = OptimConfig(lr=0.1, weight_decay=0.01).optimizer(torch.nn.Linear(3, 2).parameters())
+    assert isinstance(weighted, torch.optim.AdamW) and "_accelerator_graph_capture_health_check" in vars(weighted)

@@ -78,10 +78,27 @@ class OptimConfig:
             raise ValueError(f"ema_decay must be a float in (0, 1) or None, got {self.ema_decay!r}")
 
     def optimizer(self, params) -> torch.optim.Optimizer:
-        """AdamW when ``weight_decay > 0``, else Adam."""
+        """AdamW when ``weight_decay > 0``, else Adam.
+
+        With only CPU parameters, the optimizer skips its per-step CUDA-graph-capture check
+        (``_accelerator_graph_capture_health_check``). That check asks whether a GPU is available on
+        every ``step()``, and once ``pytorch_lightning`` is imported (torchdyn imports it), which
+        sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, each ask loads the NVML library anew: several
+        percent of a small network's step on a CPU (``benchmarks/bench_kernels.py``). A capture of
+        CPU parameters cannot happen, so nothing is lost.
+        """
+        params = list(params)
         if self.weight_decay > 0:
-            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        return torch.optim.Adam(params, lr=self.lr)
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=self.lr)
+        if params and all(isinstance(p, torch.Tensor) and p.device.type == "cpu" for p in params):
+            opt._accelerator_graph_capture_health_check = _no_capture_check
+        return opt
+
+
+def _no_capture_check() -> None:
+    """Stands in for the optimizer's graph-capture check when every parameter is on the CPU."""
 
 
 class EMA:
