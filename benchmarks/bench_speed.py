@@ -6,7 +6,10 @@ test points, the 2D schedule of ``lfm-bench`` (9 blocks, ``h_n = 0.025 * 1.25**(
 
 * ``fixed8``: the pushforward with 8 RK4 steps per block (the default before ``pushforward_tol``);
 * ``tol``: ``fit``'s default, RK4 steps chosen per block by measured error (``pushforward_tol``);
-* ``ou``: ``pool="ou"``, no pushforward at all.
+* ``ou``: ``pool="ou"``, no pushforward at all;
+* ``global``: not LFM but the one-block (global) flow with the same path, its MLP widened to the
+  parameter count of the 9 blocks together, trained on as many batches (9 x 500 of 2000): the
+  equal-parameter, equal-batch comparison, with its wall time.
 
 Per run it records the seconds of training steps, pushforward and test-NLL evaluation (dopri5 at
 1e-5, exact divergence) and their shares of the total, the steps chosen per block with their
@@ -38,7 +41,7 @@ from torchcfm_local.bench.report import write_results
 from torchcfm_local.bench.seeds import mean_se
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODES = {"fixed8": {"pushforward_tol": None}, "tol": {}, "ou": {"pool": "ou"}}
+MODES = {"fixed8": {"pushforward_tol": None}, "tol": {}, "ou": {"pool": "ou"}, "global": {}}
 
 
 def bare_forward_rate(net: torch.nn.Module, dim: int, rows: int, chunk: int = 8192, repeats: int = 3) -> float:
@@ -87,12 +90,25 @@ def wide_pace(args) -> dict:
             "push_steps": [b.pushforward_steps for b in report.blocks], "bare_rates": rates, "push_vs_bare": ratio}
 
 
+def build(mode: str, path: str, args) -> tuple[tl.LocalFlowMatching, int]:
+    """The model of a run and its batches per block: LFM with the tree task's 9 blocks, or (``global``)
+    one block whose MLP has the parameters of all 9 together, trained on as many batches."""
+    schedule = tl.OUSchedule.from_steps(TASKS["tree"].steps)
+    if mode != "global":
+        return tl.LocalFlowMatching(2, schedule, METHODS[f"lfm-{path}"].matcher(),
+                                    lambda n: tl.MLP(2, width=args.width, depth=3)), args.batches
+    target = schedule.n_blocks * tl.networks.count_parameters(tl.MLP(2, width=args.width, depth=3))
+    width = tl.networks.width_for_parameters(lambda w: tl.MLP(2, width=w, depth=3), target, start=3 * args.width)
+    return (tl.LocalFlowMatching(2, tl.OUSchedule.global_flow(), METHODS[f"global-{path}"].matcher(),
+                                 lambda n: tl.MLP(2, width=width, depth=3)), schedule.n_blocks * args.batches)
+
+
 def run_one(data, mode: str, path: str, seed: int, args) -> dict:
     torch.manual_seed(seed)
-    lfm = tl.LocalFlowMatching(2, tl.OUSchedule.from_steps(TASKS["tree"].steps), METHODS[f"lfm-{path}"].matcher(),
-                               lambda n: tl.MLP(2, width=args.width, depth=3))
+    lfm, batches = build(mode, path, args)
+    torch.manual_seed(seed)
     start = time.perf_counter()
-    report = lfm.fit(data.train, batches_per_block=args.batches, batch_size=args.batch_size, seed=seed,
+    report = lfm.fit(data.train, batches_per_block=batches, batch_size=args.batch_size, seed=seed,
                      progress=False, **MODES[mode])
     fit_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -107,7 +123,8 @@ def run_one(data, mode: str, path: str, seed: int, args) -> dict:
            "push_s": push_s, "eval_s": eval_s, "push_eval_share": (push_s + eval_s) / total,
            "push_steps": [b.pushforward_steps for b in report.blocks],
            "push_error": [b.pushforward_error for b in report.blocks],
-           "probe_s": probe_s, "push_rate": push_evals / (push_s - probe_s) if push_s else None}
+           "probe_s": probe_s, "push_rate": push_evals / (push_s - probe_s) if push_s else None,
+           "params": sum(tl.networks.count_parameters(net) for net in lfm.nets)}
     row["push_vs_bare"], row["bare_rates"] = push_vs_bare(lfm, report, data.train.shape[0], 2)
     return row
 
@@ -122,7 +139,9 @@ def markdown(rows: list[dict], args, wide: Optional[dict] = None) -> str:
              "Seconds and test NLL: mean ± SE over seeds (n in the last column). push+eval share: pushforward and "
              "test-NLL evaluation as a share of the total. push/bare: the pushforward's pace over a bare forward pass "
              "of each block's network at the same chunk (8192 rows), without the time spent choosing the steps "
-             "(included in push s).", "",
+             "(included in push s). Modes: `tol` fit's default (RK4 steps per block by measured error), `fixed8` 8 "
+             "RK4 steps per block, `ou` no pushforward (`pool=\"ou\"`), `global` the one-block flow with the same path, "
+             "its MLP widened to the 9 blocks' parameter count, on as many batches.", "",
              "| mode | path | test NLL | total s | train s | push s | eval s | push+eval share | push/bare | n |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict = {}

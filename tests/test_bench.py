@@ -303,3 +303,25 @@ def test_recipe_render_rewrites_the_table_and_keeps_the_runs(tmp_path):
     assert json.loads((tmp_path / "screen.json").read_text())["results"]["records"] == records  # the JSON is kept
     with pytest.raises(SystemExit, match="no results file"):
         mod.main(["--render", "--name", "missing", "--out", str(tmp_path)])
+
+
+def test_speed_global_mode_has_the_parameters_and_batches_of_the_nine_blocks():
+    import argparse
+
+    mod = _load_benchmark("bench_speed")
+    args = argparse.Namespace(width=32, batches=10)
+    glob, glob_batches = mod.build("global", "trig", args)
+    lfm, lfm_batches = mod.build("tol", "trig", args)
+    count = tl.networks.count_parameters
+    assert glob.n_blocks == 1 and lfm.n_blocks == 9
+    assert glob_batches == 9 * lfm_batches == 90
+    assert abs(count(glob.nets[0]) - sum(count(n) for n in lfm.nets)) / count(glob.nets[0]) < 0.01
+
+
+def test_kernel_bench_times_both_activations(monkeypatch):
+    mod = _load_benchmark("bench_kernels")
+    monkeypatch.setattr(mod, "best_of", lambda fns, rounds: {name: (fn(), 1e-3)[1] for name, fn in fns.items()})
+    rows = mod.activation_rows(rounds=1)
+    assert {r["implementation"] for r in rows} == set(mod.IMPLEMENTATIONS) and len(rows) == 12
+    assert mod.table(rows).count("1.00x") == 6
+    assert mod.networks.Softplus20.forward is mod.IMPLEMENTATIONS["vectorized (default)"]  # restored after timing
