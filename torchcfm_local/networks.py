@@ -18,6 +18,7 @@ from ._checks import positive_int
 
 __all__ = ["MLP", "NETWORKS", "ACTIVATIONS", "network_spec", "count_parameters", "width_for_parameters"]
 
+
 def _softplus20(x: torch.Tensor) -> torch.Tensor:
     """The value of :class:`_Softplus20Fn` (``x >= -2``), by plain tensor operations."""
     t = torch.clamp(x, max=2.0).mul_(-20.0)
