@@ -1,9 +1,9 @@
 """Per-step costs of the default network on the CPU: the activation, and the optimizer's GPU check.
 
 ``tl.MLP``'s default activation is ``Softplus(beta=20)`` on inputs clamped at -2
-(:class:`torchcfm_local.networks.Softplus20`). PyTorch's CPU kernel for it computes ``log1p``
-element by element; ``Softplus20`` evaluates float32/float64 inputs with vectorized in-place
-``exp``/``log`` passes instead. This script times both, interleaved, best of several rounds:
+(:class:`torchcfm_local.networks.Softplus20`), which evaluates float32/float64 inputs with
+vectorized in-place ``exp``/``log`` passes instead of PyTorch's CPU softplus kernel (whose speed
+depends on the values). This script times both, interleaved, best of several rounds:
 
 * the activation alone on ``(rows, 256)`` inputs: pre-activation-like values ``N(0, 0.5^2)``,
   values in ``[4.4, 5.2]`` (where ``exp(-20 x)`` would be subnormal without the clamp at 2) and a
