@@ -71,9 +71,10 @@ class Softplus20(nn.Module):
     the value there stays ``softplus(-2) ~ 2.1e-19`` and the slope is 0, both below float32's
     resolution of the rest of the network. ``inplace=True`` clamps the input tensor itself (as
     :class:`MLP` does with its layers' outputs), which saves a pass over memory. Float32 and
-    float64 inputs go through vectorized ``exp``/``log`` passes (:class:`_Softplus20Fn`: faster on
-    the CPU than PyTorch's kernel, the same slope, values within ``1.3e-7``); other dtypes (e.g.
-    bfloat16 under autocast) through ``torch.nn.functional.softplus``.
+    float64 inputs on the CPU go through vectorized ``exp``/``log`` passes (:class:`_Softplus20Fn`:
+    faster there than PyTorch's kernel, the same slope, values within ``1.3e-7``); other devices
+    (where PyTorch's kernel is one fused pass) and other dtypes (e.g. bfloat16 under autocast)
+    through ``torch.nn.functional.softplus``.
     """
 
     def __init__(self, inplace: bool = False):
@@ -82,8 +83,8 @@ class Softplus20(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.clamp_(min=-2.0) if self.inplace else x.clamp(min=-2.0)
-        if x.dtype not in (torch.float32, torch.float64):
-            return nn.functional.softplus(x, beta=20.0)
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return nn.functional.softplus(x, beta=20.0)  # one fused pass on GPUs; reduced precisions
         if torch.is_grad_enabled() and x.requires_grad:
             return _Softplus20Fn.apply(x)
         return _softplus20(x)  # no graph to record: skip the autograd.Function's per-call cost
