@@ -106,7 +106,6 @@ def build(mode: str, path: str, args) -> tuple[tl.LocalFlowMatching, int]:
 def run_one(data, mode: str, path: str, seed: int, args) -> dict:
     torch.manual_seed(seed)
     lfm, batches = build(mode, path, args)
-    torch.manual_seed(seed)
     start = time.perf_counter()
     report = lfm.fit(data.train, batches_per_block=batches, batch_size=args.batch_size, seed=seed,
                      progress=False, **MODES[mode])
