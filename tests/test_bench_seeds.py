@@ -117,7 +117,7 @@ def test_aggregate_by_hand():
         aggregate([results[0], dict(results[1], seed=0)])
 
 
-def test_two_seeds_aggregate_and_one_seed_layout(tiny, tmp_path, capsys):
+def test_two_seeds_aggregate_and_one_seed_layout(tiny, tmp_path, capsys, monkeypatch):
     out = tmp_path / "two"
     assert main(["run", "8gaussians", "--budget", "smoke", "--methods", METHODS, "--seeds", "0,1",
                  "--out", str(out), "--no-progress"]) == 0
@@ -178,3 +178,50 @@ def test_two_seeds_aggregate_and_one_seed_layout(tiny, tmp_path, capsys):
     assert single["seed"] == 1 and "aggregate" not in single and len(single["runs"]) == 6
     assert [r["test_nll"] for r in single["summary"]] == pytest.approx([r["test_nll"] for r in seeds[1]["summary"]])
     assert "(smoke budget, one seed: 1)" in (one / "8gaussians_smoke" / "results.md").read_text()
+
+    # --resume: seeds 0 and 1 are read from their files, only seed 2 runs; the aggregate says so
+    from torchcfm_local.bench import protocol
+
+    ran, run_task = [], protocol.run_task
+
+    def counting(*args, seed, **kwargs):
+        ran.append(seed)
+        return run_task(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(protocol, "run_task", counting)
+    assert main(["run", "8gaussians", "--budget", "smoke", "--methods", METHODS, "--seeds", "0,1,2", "--resume",
+                 "--out", str(out), "--no-progress", "--no-figures"]) == 0
+    assert ran == [2]
+    resumed = json.loads((base / "results.json").read_text())["results"]
+    assert resumed["seeds"] == [0, 1, 2] and [r["seed"] for r in resumed["reused"]] == [0, 1]
+    assert [s["summary"] for s in resumed["per_seed"][:2]] == [seeds[0]["summary"], seeds[1]["summary"]]
+    assert resumed["reused"][0]["commit"] == seed_prov["commit"]
+    assert "Seed 1 was read from an earlier run (`--resume`)" in (base / "results.md").read_text()
+    # a single finished seed: nothing runs, its table is printed again
+    ran.clear()
+    assert main(["run", "8gaussians", "--budget", "smoke", "--methods", METHODS, "--seed", "1", "--resume",
+                 "--out", str(one), "--no-progress", "--no-figures"]) == 0
+    assert ran == [] and "(smoke budget, one seed: 1)" in capsys.readouterr().out
+
+
+def test_resume_refuses_other_runs(tiny, tmp_path, capsys):
+    seed_dir = tmp_path / "8gaussians_smoke" / "seed0"
+    seed_dir.mkdir(parents=True)
+    argv = ["run", "8gaussians", "--budget", "smoke", "--methods", METHODS, "--seeds", "0,1", "--resume",
+            "--out", str(tmp_path), "--no-progress", "--no-figures"]
+    (seed_dir / "results.json").write_text("{not json")
+    assert main(argv) == 2
+    assert "is not a readable lfm-bench result of one seed" in capsys.readouterr().err
+    from torchcfm_local.bench import registry
+
+    result = {"seed": 0, "task": dataclasses.asdict(registry.TASKS["8gaussians"]),
+              "budget_settings": dataclasses.asdict(registry.BUDGETS["smoke"]),
+              "summary": [{"method": m} for m in ("global-trig", "lfm-linear")]}  # another method list
+    (seed_dir / "results.json").write_text(json.dumps({"provenance": {}, "results": result}))
+    assert main(argv) == 2
+    assert "a run with a different methods than this one" in capsys.readouterr().err
+    result["summary"] = [{"method": m} for m in METHODS.split(",")]
+    result["budget_settings"]["per_block"] += 1
+    (seed_dir / "results.json").write_text(json.dumps({"provenance": {}, "results": result}))
+    assert main(argv) == 2
+    assert "a run with a different budget than this one" in capsys.readouterr().err

@@ -8,7 +8,9 @@
 
 ``--seeds`` takes comma-separated ints >= 0 (``--seed N`` is the same as ``--seeds N``); the
 default is ``0`` for the smoke and quick budgets and ``0,1,2`` for medium and full. Each seed
-draws its own data subsets and initializations.
+draws its own data subsets and initializations. ``--resume`` reads the seeds that already have a
+``results.json`` in the output directory (same recipe, budget and methods) instead of running them
+again, so a long multi-seed run can be finished in parts.
 
 With one seed a run writes ``<out>/<task>_<budget>/``: ``results.json`` (every number, the command,
 commit, versions and machine), ``results.md`` (the table, marked "one seed"), ``curves.png``,
@@ -36,35 +38,49 @@ __all__ = ["main", "run_and_report"]
 
 
 def run_and_report(task, budget, out: str, methods=None, root=None, seeds=None,
-                   progress: bool = True, figures: bool = True) -> Path:
+                   progress: bool = True, figures: bool = True, resume: bool = False) -> Path:
     """Run a task for one or more seeds, write JSON, markdown tables and figures; returns the output directory.
 
     ``task`` and ``budget`` are names or :class:`~.registry.Task` / :class:`~.registry.Budget`
     objects (as for :func:`~.protocol.run_task`); ``seeds`` is an int, a sequence of ints or None
     (:func:`~.seeds.default_seeds` of the budget). One seed writes its files directly into
     ``<out>/<task>_<budget>/``; several write each seed's files into ``seed<k>/`` below it and the
-    aggregate (mean ± SE, paired differences, mean curves) into it.
+    aggregate (mean ± SE, paired differences, mean curves) into it. With ``resume``, a seed whose
+    ``results.json`` is already there (same recipe, budget and methods) is read instead of run
+    again, so that a long multi-seed run can be finished in parts; the aggregate records which
+    seeds were read and their commits.
     """
     from .protocol import resolve
     from .report import write_run
-    from .seeds import check_seeds, default_seeds, run_seeds, write_seeds
+    from .seeds import check_seeds, default_seeds, read_finished_seed, run_seeds, write_seeds
 
-    _, task_name, _, budget_name, _ = resolve(task, budget, methods)
+    task_obj, task_name, budget_obj, budget_name, methods = resolve(task, budget, methods)
     if seeds is None:
         seeds = default_seeds(budget_name)
     seeds = check_seeds([seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds)
     directory = Path(out) / f"{task_name}_{budget_name}"
-    tables = {}
+    tables, old = {}, {}
+
+    def target(seed):
+        return directory if len(seeds) == 1 else directory / f"seed{seed}"
+
+    if resume:
+        for seed in seeds:
+            found = read_finished_seed(target(seed) / "results.json", task_obj, budget_obj, methods, seed)
+            if found is not None:
+                old[seed] = found
+                tables[seed] = (target(seed) / "results.md").read_text() if len(seeds) == 1 else None
 
     def write_seed(run):
         seed = run.result["seed"]
-        target = directory if len(seeds) == 1 else directory / f"seed{seed}"
-        tables[seed] = write_run(run, target, figures=figures)
+        tables[seed] = write_run(run, target(seed), figures=figures)
         if len(seeds) > 1:
-            print(f"{tables[seed]}\n\nseed {seed} written to {target}/\n")
+            print(f"{tables[seed]}\n\nseed {seed} written to {target(seed)}/\n")
 
-    results = run_seeds(task, budget, methods, seeds=seeds, root=root, progress=progress, on_run=write_seed)
-    table = tables[seeds[0]] if len(seeds) == 1 else write_seeds(results, directory, figures=figures)
+    results = run_seeds(task, budget, methods, seeds=seeds, root=root, progress=progress, on_run=write_seed,
+                        finished={seed: found["result"] for seed, found in old.items()})
+    reused = {seed: found["provenance"] for seed, found in old.items()}
+    table = tables[seeds[0]] if len(seeds) == 1 else write_seeds(results, directory, figures=figures, reused=reused)
     print(table)
     print(f"\nresults written to {directory}/")
     return directory
@@ -87,6 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        help="comma-separated seeds, e.g. 0,1,2 (default: 0 for smoke and quick, 0,1,2 for medium and full)")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.add_argument("--no-figures", action="store_true", help="skip the matplotlib figures")
+        p.add_argument("--resume", action="store_true",
+                       help="read the seeds already finished in the output directory instead of running them again")
     sub.add_parser("list", help="list tasks, budgets and methods")
     args = parser.parse_args(argv)
 
@@ -102,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         seeds = None if args.seeds is None else parse_seeds(args.seeds)
         run_and_report(task, budget, args.out, methods, getattr(args, "root", None), seeds,
-                       progress=not args.no_progress, figures=not args.no_figures)
+                       progress=not args.no_progress, figures=not args.no_figures, resume=args.resume)
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"lfm-bench: error: {err}", file=sys.stderr)
         return 2

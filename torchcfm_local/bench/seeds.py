@@ -10,17 +10,19 @@ with the one-seed logic (:func:`~torchcfm_local.bench.report.compare_to_referenc
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .report import compare_to_reference, format_reach, run_heading, write_results
 
-__all__ = ["METRICS", "default_seeds", "check_seeds", "parse_seeds", "run_seeds", "mean_se", "aggregate",
-           "seeds_record", "seeds_table", "write_seeds"]
+__all__ = ["METRICS", "default_seeds", "check_seeds", "parse_seeds", "read_finished_seed", "run_seeds", "mean_se",
+           "aggregate", "seeds_record", "seeds_table", "write_seeds"]
 
 #: per-method numbers that are averaged over seeds (``train_push_seconds``: training + LFM pushforward)
 METRICS = ("test_nll", "val_nll", "energy_distance", "sample_nfe", "train_push_seconds")
@@ -56,22 +58,64 @@ def parse_seeds(text: str) -> list[int]:
     return check_seeds([int(p) for p in parts])
 
 
+def _json_ready(value):
+    """``value`` as it reads back from JSON (tuples become lists), for comparing settings with a file's."""
+    return json.loads(json.dumps(value, default=float))
+
+
+def read_finished_seed(path: "str | os.PathLike", task, budget, methods: Sequence[str], seed: int) -> Optional[dict]:
+    """The result of an earlier run of this seed read from its ``results.json``, or None when there is none.
+
+    ``task`` and ``budget`` are the :class:`~.registry.Task` and :class:`~.registry.Budget` about to
+    run and ``methods`` their method names. Returns ``{"result": ..., "provenance": ...}`` as
+    :func:`~torchcfm_local.bench.report.write_results` wrote them. Raises ValueError when the file
+    cannot be read or holds a different seed, recipe, budget or method list (reusing it would mix
+    two experiments in one table).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        result, prov = data["results"], data["provenance"]
+        found = {"seed": result["seed"], "task": result["task"], "budget": result["budget_settings"],
+                 "methods": [row["method"] for row in result["summary"]]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a readable lfm-bench result of one seed ({err!r}); move it away or "
+                         "drop --resume") from None
+    expected = {"seed": seed, "task": _json_ready(asdict(task)), "budget": _json_ready(asdict(budget)),
+                "methods": list(methods)}
+    differ = [key for key in expected if found[key] != expected[key]]
+    if differ:
+        raise ValueError(f"{path} holds a run with a different {', '.join(differ)} than this one; use another --out "
+                         "or drop --resume")
+    return {"result": result, "provenance": prov}
+
+
 def run_seeds(task_name, budget_name="quick", methods=None, *, seeds: Optional[Sequence[int]] = None, root=None,
-              progress: bool = True, log=print, on_run: Optional[Callable] = None) -> list[dict]:
+              progress: bool = True, log=print, on_run: Optional[Callable] = None,
+              finished: Optional[dict] = None) -> list[dict]:
     """Run :func:`~torchcfm_local.bench.protocol.run_task` once per seed; returns each seed's result dict.
 
     Arguments as for ``run_task``; ``seeds`` defaults to :func:`default_seeds` of the budget. The
     seeds are checked before anything runs. ``on_run(run)`` receives each seed's
     :class:`~torchcfm_local.bench.protocol.BenchRun` (with its models and samples) as soon as it
     finishes, for example to write its files; only the JSON-ready ``run.result`` dicts are kept and
-    returned, in seed order (pass them to :func:`aggregate` or :func:`write_seeds`).
+    returned, in seed order (pass them to :func:`aggregate` or :func:`write_seeds`). ``finished``
+    maps seeds to result dicts of earlier runs (:func:`read_finished_seed`): those seeds are not
+    run again and their results are returned in their place.
     """
     from .protocol import resolve, run_task
 
     _, task_label, _, budget_label, _ = resolve(task_name, budget_name, methods)
     seeds = default_seeds(budget_label) if seeds is None else check_seeds(seeds)
+    finished = finished or {}
     results = []
     for i, seed in enumerate(seeds):
+        if seed in finished:
+            log(f"[{task_label}/{budget_label}] seed {seed} ({i + 1} of {len(seeds)}): finished earlier, reused")
+            results.append(finished[seed])
+            continue
         log(f"[{task_label}/{budget_label}] seed {seed} ({i + 1} of {len(seeds)})")
         run = run_task(task_name, budget_name, methods, root=root, seed=seed, progress=progress, log=log)
         if on_run is not None:
@@ -167,12 +211,18 @@ def aggregate(results: list[dict]) -> dict:
             "paired": _paired(rows, results)}
 
 
-def seeds_record(results: list[dict]) -> dict:
-    """The JSON-ready record of a multi-seed run: the settings, the seeds, each seed's summary, the aggregate."""
+def seeds_record(results: list[dict], reused: Optional[dict] = None) -> dict:
+    """The JSON-ready record of a multi-seed run: the settings, the seeds, each seed's summary, the aggregate.
+
+    ``reused`` maps the seeds read from earlier runs to those runs' provenance; the record keeps
+    their command, commit and date under ``"reused"``.
+    """
     record = {k: v for k, v in results[0].items() if k not in ("seed", "runs", "summary")}
     record["seeds"] = [r["seed"] for r in results]
     record["per_seed"] = [{"seed": r["seed"], "summary": r["summary"]} for r in results]
     record["aggregate"] = aggregate(results)
+    record["reused"] = [{"seed": seed, **{k: prov.get(k) for k in ("command", "commit", "date")}}
+                        for seed, prov in sorted((reused or {}).items())]
     return record
 
 
@@ -197,6 +247,9 @@ def seeds_table(record: dict) -> str:
         lines.append(f"| {r['method']} | {r['params']} | {r['n_seeds']} | {_pm(r['test_nll'], 4)} "
                      f"| {_pm(r['val_nll'], 4)} | {_pm(r['energy_distance'], 4)} | {_pm(r['sample_nfe'], 1)} "
                      f"| {_pm(r['train_push_seconds'], 1)} | {flops} | {format_reach(r)} | {format_reach(r, 'seconds')} |")
+    for old in record.get("reused", []):
+        lines.append(f"\nSeed {old['seed']} was read from an earlier run (`--resume`): commit `{old['commit']}`, "
+                     f"{old['date']}, command `{old['command']}`.")
     if agg["paired"]:
         lines += ["", "Paired differences over seeds (same seed = same data subsets; negative: LFM is better):", "",
                   "| LFM - global | test NLL | energy dist. | seeds |", "|---|---|---|---|"]
@@ -210,15 +263,16 @@ def seeds_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def write_seeds(results: list[dict], directory: "str | os.PathLike", figures: bool = True) -> str:
+def write_seeds(results: list[dict], directory: "str | os.PathLike", figures: bool = True,
+                reused: Optional[dict] = None) -> str:
     """Write the aggregate of several seeds to ``directory``; returns its markdown.
 
     Files: ``results.json`` (:func:`seeds_record` and the provenance), ``results.md`` and, with
     ``figures``, ``curves.png`` (mean learning curves with ± SE bands). Each seed's own files are
-    written by :func:`~torchcfm_local.bench.report.write_run`.
+    written by :func:`~torchcfm_local.bench.report.write_run`. ``reused``: as for :func:`seeds_record`.
     """
     directory = Path(directory)
-    record = seeds_record(results)
+    record = seeds_record(results, reused)
     table = seeds_table(record)
     directory.mkdir(parents=True, exist_ok=True)
     if figures:
