@@ -225,3 +225,38 @@ def test_resume_refuses_other_runs(tiny, tmp_path, capsys):
     (seed_dir / "results.json").write_text(json.dumps({"provenance": {}, "results": result}))
     assert main(argv) == 2
     assert "a run with a different budget than this one" in capsys.readouterr().err
+
+
+def test_status_table_from_seed_aggregates(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from torchcfm_local.bench.seeds import seeds_record
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "status_table.py"
+    spec = importlib.util.spec_from_file_location("status_table", path)
+    status = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(status)
+    record = dict(seeds_record([_synthetic(s, d) for s, d in zip((0, 5, 9), [0.0, 1.0, 3.0])]), dim=2)
+    (tmp_path / "toy_smoke").mkdir()
+    (tmp_path / "toy_smoke" / "results.json").write_text(json.dumps({"provenance": {}, "results": record}))
+    out = tmp_path / "out"
+    assert status.main([str(tmp_path), "--budget", "smoke", "--tasks", "toy", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads((out / "status_smoke.json").read_text())["results"]["rows"]}
+    lin, trig = rows["lfm-linear"], rows["lfm-trig"]
+    assert lin["global"] == trig["global"] == "global-linear"  # the lower mean test NLL of the two
+    assert lin["global_test_nll"]["mean"] == pytest.approx(1.9 + 4 / 3)
+    # the mean LFM curve (4: 2.2, 8: 1.0, + 4/3) crosses global-linear's final 1.8 + 4/3 at 4 + 4/3 batches
+    assert lin["batches_to_global_nll"] == pytest.approx(4 + 4 / 3) and lin["batch_ratio"] == pytest.approx(2 / 3)
+    assert lin["nll_met"] and not lin["batches_met"] and lin["energy_met"]  # ED equal on every seed
+    assert lin["paired_test_nll"]["mean"] == pytest.approx(-0.8) and lin["paired_test_nll"]["se"] == pytest.approx(0)
+    assert trig["batches_to_global_nll"] is None and not trig["nll_met"] and not trig["batches_met"]
+    md = (out / "status_smoke.md").read_text()
+    assert "| toy | 2 | 3 | global-linear: 3.233 ± " in md and "| yes / no / yes |" in md and "not reached" in md
+    # one seed, or no run at all: refused with the command to run
+    (tmp_path / "one_smoke").mkdir()
+    (tmp_path / "one_smoke" / "results.json").write_text(json.dumps({"provenance": {}, "results": _synthetic(0, 0.0)}))
+    assert status.main([str(tmp_path), "--budget", "smoke", "--tasks", "one", "--out", str(out)]) == 2
+    assert "needs a multi-seed run" in capsys.readouterr().err
+    assert status.main([str(tmp_path), "--budget", "smoke", "--tasks", "rose", "--out", str(out)]) == 2
+    assert "lfm-bench run rose --budget smoke --seeds 0,1,2" in capsys.readouterr().err
