@@ -325,3 +325,19 @@ def test_kernel_bench_times_both_activations(monkeypatch):
     assert {r["implementation"] for r in rows} == set(mod.IMPLEMENTATIONS) and len(rows) == 12
     assert mod.table(rows).count("1.00x") == 6
     assert mod.networks.Softplus20.forward is mod.IMPLEMENTATIONS["vectorized (default)"]  # restored after timing
+
+
+def test_probe_small_data_smoke(tmp_path):
+    mod = _load_benchmark("probe_small_data")
+    assert mod.main(["--task", "8gaussians", "--budget", "smoke", "--n-eval", "50", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "small_data.json").read_text())["results"]["rows"]
+    assert [r["variant"] for r in rows] == list(mod.VARIANTS)
+    by = {r["variant"]: r for r in rows}
+    suite_global, suite_lfm = by["global, global width (the suite's), N x B batches"], rows[3]
+    # the suite's pair: equal parameters (within a width step), N x B batches for the global flow
+    assert abs(suite_global["params"] - suite_lfm["params"]) / suite_lfm["params"] < 0.05
+    assert suite_global["batches_per_block"] == 9 * suite_lfm["batches_per_block"] == 9 * 20
+    assert by["LFM, block width, B / 4 batches per block"]["batches_per_block"] == 5
+    for r in rows:
+        assert math.isfinite(r["train_nll"]) and r["gap"] == pytest.approx(r["test_nll"] - r["train_nll"])
+    assert "| LFM, global width, B batches per block |" in (tmp_path / "small_data.md").read_text()

@@ -1,0 +1,94 @@
+"""Why LFM loses on digits61: train and test NLL of global flows and LFM variants on a small dataset.
+
+digits61 (61-d, 1259 training points) at ``lfm-bench``'s quick budget is the one suite task where
+LFM is far behind the global flow (``quick3/digits61_quick``). This probe separates fitting from
+generalizing: every variant reports the NLL of 1000 training points next to that of 1000 test
+points (the ``lfm-bench`` evaluator: dopri5 at 1e-5, Hutchinson divergence), one seed, linear
+path. Variants change one thing against the suite's recipe (LFM: N blocks of the task's block
+width, B batches per block; global: one block widened to the same parameter count, N x B
+batches): the width, the batches, or where LFM's blocks get their data (``pool="ou"``).
+
+    python benchmarks/probe_small_data.py          # writes benchmarks/results/small_data.{json,md}
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torchcfm import conditional_flow_matching as cfm
+
+import torchcfm_local as tl
+from torchcfm_local.bench import protocol
+from torchcfm_local.bench.registry import BUDGETS, TASKS
+from torchcfm_local.bench.report import write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: name -> (LFM?, width: the suite's "global" or LFM "block" width, batches as a multiple of the
+#: budget's batches per block (a global flow's block gets N of them in the suite), fit options)
+VARIANTS = {
+    "global, global width (the suite's), N x B batches": (False, "global", "N", {}),
+    "global, block width, N x B batches": (False, "block", "N", {}),
+    "global, block width, B batches": (False, "block", 1, {}),
+    "LFM, block width (the suite's), B batches per block": (True, "block", 1, {}),
+    "LFM, block width, B / 4 batches per block": (True, "block", 0.25, {}),
+    "LFM, block width, B per block, pool='ou'": (True, "block", 1, {"pool": "ou"}),
+    "LFM, global width, B batches per block": (True, "global", 1, {}),
+}
+
+
+def probe(setup, local: bool, width: int, per_block: int, options: dict, seed: int, n_eval: int) -> dict:
+    """Fit one variant and return its train/test NLL, parameter count and seconds."""
+    torch.manual_seed(seed)
+    schedule = tl.OUSchedule.from_steps(setup.task.steps) if local else tl.OUSchedule.global_flow()
+    model = tl.LocalFlowMatching(setup.dim, schedule, cfm.ConditionalFlowMatcher(sigma=0.0),
+                                 lambda n: tl.MLP(setup.dim, width=width, depth=setup.task.depth))
+    start = time.perf_counter()
+    pushes = options.get("pool", "pushforward") == "pushforward"
+    model.fit(setup.train, batches_per_block=per_block, batch_size=setup.batch_size, lr=setup.task.lr, seed=seed,
+              progress=False, encode_final_pool=False if pushes else None, **options)
+    seconds = time.perf_counter() - start
+    train = protocol._nll(model, setup.train[:n_eval], setup.estimator, seed)
+    test = protocol._nll(model, setup.test[:n_eval], setup.estimator, seed)
+    params = sum(p.numel() for p in model.parameters())
+    return {"train_nll": train, "test_nll": test, "gap": test - train, "params": params, "fit_seconds": seconds}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="digits61")
+    parser.add_argument("--budget", default="quick")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-eval", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    task = TASKS[args.task]
+    setup = protocol.prepare(task, args.task, BUDGETS[args.budget], args.budget, seed=args.seed)
+    rows = []
+    per_block = setup.budget.per_block
+    for name, (local, width, factor, options) in VARIANTS.items():
+        width = setup.global_width if width == "global" else setup.width
+        batches = per_block * task.n_blocks if factor == "N" else max(1, int(per_block * factor))
+        row = {"variant": name, "width": width, "batches_per_block": batches,
+               **probe(setup, local, width, batches, options, args.seed, args.n_eval)}
+        print(f"{name}: train {row['train_nll']:.2f}, test {row['test_nll']:.2f}", flush=True)
+        rows.append(row)
+    lines = [f"### {args.task} ({args.budget} budget): train vs test NLL (nats), one seed ({args.seed}), linear path, "
+             f"{len(setup.train)} training points, N = {task.n_blocks} blocks, B = {per_block} batches of "
+             f"{setup.batch_size}\n",
+             "| variant | width | batches per block | params | train NLL | test NLL | test - train | fit s |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['width']} | {r['batches_per_block']} | {r['params']} | {r['train_nll']:.2f} "
+              f"| {r['test_nll']:.2f} | {r['gap']:.2f} | {r['fit_seconds']:.1f} |" for r in rows]
+    text = "\n".join(lines)
+    write_results(args.out, "small_data", {"task": args.task, "budget": args.budget, "seed": args.seed, "rows": rows},
+                  text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
