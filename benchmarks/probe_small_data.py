@@ -6,7 +6,8 @@ generalizing: every variant reports the NLL of 1000 training points next to that
 points (the ``lfm-bench`` evaluator: dopri5 at 1e-5, Hutchinson divergence), one seed, linear
 path. Variants change one thing against the suite's recipe (LFM: N blocks of the task's block
 width, B batches per block; global: one block widened to the same parameter count, N x B
-batches): the width, the batches, or where LFM's blocks get their data (``pool="ou"``).
+batches): the width, the batches, where LFM's blocks get their data (``pool="ou"``), or fewer and
+longer OU steps at equal parameters and batches.
 
     python benchmarks/probe_small_data.py          # writes benchmarks/results/small_data.{json,md}
 """
@@ -28,7 +29,9 @@ from torchcfm_local.bench.report import write_results
 ROOT = Path(__file__).resolve().parent.parent
 
 #: name -> (LFM?, width: the suite's "global" or LFM "block" width, batches as a multiple of the
-#: budget's batches per block (a global flow's block gets N of them in the suite), fit options)
+#: budget's batches per block (a global flow's block gets N of them in the suite), fit options);
+#: a fifth entry replaces the task's OU steps, with the block width matched to the suite's total
+#: parameters and the batches per block to its total batches)
 VARIANTS = {
     "global, global width (the suite's), N x B batches": (False, "global", "N", {}),
     "global, block width, N x B batches": (False, "block", "N", {}),
@@ -37,13 +40,16 @@ VARIANTS = {
     "LFM, block width, B / 4 batches per block": (True, "block", 0.25, {}),
     "LFM, block width, B per block, pool='ou'": (True, "block", 1, {"pool": "ou"}),
     "LFM, global width, B batches per block": (True, "global", 1, {}),
+    "LFM, 2 blocks (OU step 0.75), equal parameters and batches": (True, "block", 1, {}, (0.75,)),
+    "LFM, 2 blocks (OU step 1.5), equal parameters and batches": (True, "block", 1, {}, (1.5,)),
 }
 
 
-def probe(setup, local: bool, width: int, per_block: int, options: dict, seed: int, n_eval: int) -> dict:
+def probe(setup, local: bool, width: int, per_block: int, options: dict, seed: int, n_eval: int,
+          steps=None) -> dict:
     """Fit one variant and return its train/test NLL, parameter count and seconds."""
     torch.manual_seed(seed)
-    schedule = tl.OUSchedule.from_steps(setup.task.steps) if local else tl.OUSchedule.global_flow()
+    schedule = tl.OUSchedule.from_steps(steps or setup.task.steps) if local else tl.OUSchedule.global_flow()
     model = tl.LocalFlowMatching(setup.dim, schedule, cfm.ConditionalFlowMatcher(sigma=0.0),
                                  lambda n: tl.MLP(setup.dim, width=width, depth=setup.task.depth))
     start = time.perf_counter()
@@ -69,11 +75,16 @@ def main(argv=None) -> int:
     setup = protocol.prepare(task, args.task, BUDGETS[args.budget], args.budget, seed=args.seed)
     rows = []
     per_block = setup.budget.per_block
-    for name, (local, width, factor, options) in VARIANTS.items():
+    for name, (local, width, factor, options, *steps) in VARIANTS.items():
         width = setup.global_width if width == "global" else setup.width
         batches = per_block * task.n_blocks if factor == "N" else max(1, int(per_block * factor))
-        row = {"variant": name, "width": width, "batches_per_block": batches,
-               **probe(setup, local, width, batches, options, args.seed, args.n_eval)}
+        steps = steps[0] if steps else None
+        if steps is not None:  # equal total parameters and batches with len(steps) + 1 blocks
+            n = len(steps) + 1
+            width = protocol.matched_width(setup.dim, task.n_blocks * setup.block_params // n, task.depth, **task.mlp)
+            batches = per_block * task.n_blocks // n
+        row = {"variant": name, "width": width, "batches_per_block": batches, "steps": steps,
+               **probe(setup, local, width, batches, options, args.seed, args.n_eval, steps)}
         print(f"{name}: train {row['train_nll']:.2f}, test {row['test_nll']:.2f}", flush=True)
         rows.append(row)
     lines = [f"### {args.task} ({args.budget} budget): train vs test NLL (nats), one seed ({args.seed}), linear path, "

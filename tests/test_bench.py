@@ -338,6 +338,9 @@ def test_probe_small_data_smoke(tmp_path):
     assert abs(suite_global["params"] - suite_lfm["params"]) / suite_lfm["params"] < 0.05
     assert suite_global["batches_per_block"] == 9 * suite_lfm["batches_per_block"] == 9 * 20
     assert by["LFM, block width, B / 4 batches per block"]["batches_per_block"] == 5
+    two = by["LFM, 2 blocks (OU step 0.75), equal parameters and batches"]
+    assert two["steps"] == [0.75] and two["batches_per_block"] == 9 * 20 // 2
+    assert abs(two["params"] - suite_lfm["params"]) / suite_lfm["params"] < 0.05
     for r in rows:
         assert math.isfinite(r["train_nll"]) and r["gap"] == pytest.approx(r["test_nll"] - r["train_nll"])
     assert "| LFM, global width, B batches per block |" in (tmp_path / "small_data.md").read_text()
