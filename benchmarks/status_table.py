@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from torchcfm_local.bench.report import first_crossing, write_results
+from torchcfm_local.bench.report import compare_to_reference, format_reach, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_TARGET = 0.5  # at most this fraction of the global flow's batches
@@ -50,21 +50,20 @@ def task_rows(record: dict) -> list[dict]:
         raise ValueError(f"{record['task']['dataset']}: the run has no global flow to compare with")
     best = min(globals_, key=lambda row: row["test_nll"]["mean"])
     paired = {p["method"]: p for p in agg["paired"] if p["kind"] == "best global"}
-    target_nll = best["curve"][-1][1]
     rows = []
     for name, lfm in methods.items():
         if not name.startswith("lfm"):
             continue
-        curve = [tuple(point) for point in lfm["curve"]]
-        reached = first_crossing(curve, target_nll)
-        ratio = None if reached is None else reached / best["batches"]
+        reach = {key: lfm[key] for key in ("method", "batches", "curve")}
+        compare_to_reference(reach, agg["methods"], reference=best["method"])
+        ratio = reach["batch_ratio_to_reference"]
         d_nll, d_ed = paired[name]["test_nll"], paired[name]["energy_distance"]
         rows.append({
             "task": record["task"]["dataset"], "dim": record["dim"], "n_seeds": agg["n_seeds"],
             "global": best["method"], "global_test_nll": best["test_nll"], "method": name,
             "test_nll": lfm["test_nll"], "paired_test_nll": d_nll, "paired_energy_distance": d_ed,
-            "batches_to_global_nll": reached, "batch_ratio": ratio,
-            "batch_ratio_is_upper_bound": reached is not None and reached == curve[0][0],
+            "batches_to_global_nll": reach["batches_to_reference_nll"], "batch_ratio": ratio,
+            "batch_ratio_is_upper_bound": reach["batches_to_reference_is_upper_bound"], "batches_cell": format_reach(reach),
             "nll_met": lfm["test_nll"]["mean"] <= best["test_nll"]["mean"],
             "batches_met": ratio is not None and ratio <= BATCH_TARGET,
             "energy_met": d_ed["mean"] <= ED_SE * (d_ed["se"] or 0.0),
@@ -89,15 +88,10 @@ def table(rows: list[dict], budget: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         k = _digits(r)
-        if r["batch_ratio"] is None:
-            batches = "not reached"
-        else:
-            bound = "<= " if r["batch_ratio_is_upper_bound"] else ""
-            batches = f"{bound}{r['batches_to_global_nll']:.0f} ({bound}{r['batch_ratio']:.2f}x)"
         met = " / ".join("yes" if r[key] else "no" for key in ("nll_met", "batches_met", "energy_met"))
         lines.append(f"| {r['task']} | {r['dim']} | {r['n_seeds']} | {r['global']}: {_pm(r['global_test_nll'], k)} "
                      f"| {r['method']} | {_pm(r['test_nll'], k)} | {_pm(r['paired_test_nll'], k, sign=True)} "
-                     f"| {batches} | {_pm(r['paired_energy_distance'], 4, sign=True)} | {met} |")
+                     f"| {r['batches_cell']} | {_pm(r['paired_energy_distance'], 4, sign=True)} | {met} |")
     return "\n".join(lines)
 
 

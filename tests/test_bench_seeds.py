@@ -96,6 +96,12 @@ def test_aggregate_by_hand():
     assert lfm["train_gflops"] == pytest.approx(6 * 5 * 3 * 8 / 1e9)  # 2 blocks of 5 parameters, one per batch
     assert rows["global-linear"]["train_gflops"] == pytest.approx(6 * 10 * 3 * 8 / 1e9)
     assert rows["lfm-trig"]["reference"] == "global-trig" and rows["lfm-trig"]["batches_to_reference_nll"] is None
+    # against a named reference instead of the same path: global-trig's final 2.0 + 4/3 is reached at 4 + 4 * (0.2 / 1.2)
+    from torchcfm_local.bench.report import compare_to_reference
+
+    other = {key: lfm[key] for key in ("method", "batches", "curve")}
+    compare_to_reference(other, agg["methods"], reference="global-trig")
+    assert other["reference"] == "global-trig" and other["batches_to_reference_nll"] == pytest.approx(4 + 2 / 3)
     assert "not reached" in seeds_table({**results[0], "aggregate": agg, "dim": 2, "n_train": 1, "batch_size": 1,
                                          "lfm_width": 1, "depth": 1, "global_width": 1, "estimator": "exact",
                                          "n_test": 1})

@@ -64,9 +64,9 @@ def _method_row(runs: list[dict], n_blocks: int, batch_size: int) -> dict:
     return row
 
 
-def compare_to_reference(row: dict, rows: list[dict]) -> None:
+def compare_to_reference(row: dict, rows: list[dict], reference: Optional[str] = None) -> None:
     """Add to an LFM row the batches, and the seconds, it needed to reach the final curve NLL of the
-    global flow on its path.
+    global flow on its path (or of the row of ``rows`` named ``reference``).
 
     A row needs ``method``, ``batches``, ``curve`` (``[(batches, NLL), ...]``, batches ascending)
     and ``curve_seconds`` (training + pushforward seconds of each curve point); the keys added are
@@ -74,9 +74,9 @@ def compare_to_reference(row: dict, rows: list[dict]) -> None:
     ``batch_ratio_to_reference`` and the same three for seconds (``seconds_to_reference_nll``,
     ``seconds_to_reference_is_upper_bound``, ``seconds_ratio_to_reference``: against the global
     flow's training seconds, the equal-wall-clock view). Nothing is added when ``rows`` has no
-    ``global-<path>`` row.
+    ``global-<path>`` (or ``reference``) row.
     """
-    ref_name = "global-" + row["method"].split("-", 1)[1]
+    ref_name = reference or "global-" + row["method"].split("-", 1)[1]
     ref = next((r for r in rows if r["method"] == ref_name), None)
     if ref is None:
         return
