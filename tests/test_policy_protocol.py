@@ -190,10 +190,13 @@ def test_bench_quick_runs_end_to_end(tmp_path):
         assert (tmp_path / f"policy_point_quick{suffix}").stat().st_size > 0
 
 
-def _fake_run(directory, recipe, success):
-    """A bench_policy result file with ``success[method][seed]`` = that seed's curve (epochs 10, 20)."""
+def _fake_run(directory, recipe, success, seconds=None):
+    """A bench_policy result file with ``success[method][seed]`` = that seed's curve (epochs 10, 20)
+    and, given ``seconds`` (the same layout), the training seconds of each checkpoint."""
     records = [{"method": m, "seed": s, "epochs": e, "success_rate": v}
                for m, seeds in success.items() for s, curve in enumerate(seeds) for e, v in zip((10.0, 20.0), curve)]
+    for r in records if seconds else ():
+        r["train_seconds"] = seconds[r["method"]][r["seed"]][int(r["epochs"] // 10) - 1]
     protocol = {"checkpoint_epochs": [10.0, 20.0], "seeds": [0, 1], "episodes": 5, "eval_seed": 1000, "last": 1,
                 "demos": 6, "demo_batch": 100, "task": "point"}
     directory.mkdir(parents=True)
@@ -229,6 +232,32 @@ def test_screen_table_pairs_seeds_and_borrows_the_global_runs(tmp_path):
     assert "runs of `fast`" in (tmp_path / "screen.md").read_text() and (tmp_path / "screen.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="not a variant"):
         mod.load(tmp_path, "missing")
+
+
+def test_screen_table_compares_at_equal_training_seconds(tmp_path):
+    spec = importlib.util.spec_from_file_location("screen", ROOT / "benchmarks" / "policy_screen_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    recipe = PolicyRecipe(lr=3e-3)
+    _fake_run(tmp_path / "timed", recipe, {"global": [(0.8, 1.0), (0.8, 1.0)], "lfm": [(0.6, 0.8), (0.4, 1.0)]},
+              seconds={"global": [(2.0, 4.0), (2.0, 6.0)], "lfm": [(1.0, 3.0), (1.0, 3.0)]})
+    _fake_run(tmp_path / "timed_steps", recipe.replace(h0=0.15), {"lfm": [(0.2, 0.4), (0.2, 0.6)]},
+              seconds={"lfm": [(1.0, 3.0), (1.0, 3.0)]})
+    assert mod.success_at([(2.0, 0.8), (6.0, 1.0)], 3.0) == pytest.approx(0.85)
+    assert mod.success_at([(2.0, 0.8), (6.0, 1.0)], 1.0) is None and mod.success_at([(2.0, 0.8)], 7.0) is None
+    result = mod.screen(mod.load(tmp_path, "timed"))
+    timed = result["variants"]["timed"]["equal_time"]
+    assert [s["mean"] for s in timed["global seconds"]] == pytest.approx([2.0, 5.0])
+    # 10 ep: LFM's 1 s is before the global runs' first checkpoint (2 s): no comparison
+    assert timed["lfm - global"][0] is None
+    # 20 ep at 3 s: global 0.9 (seed 0) and 0.85 (seed 1), so LFM - global = -0.1 and +0.15
+    assert timed["lfm - global"][1]["mean"] == pytest.approx(0.025)
+    assert timed["lfm - global"][1]["se"] == pytest.approx(0.125)
+    # borrowed global runs were timed in another invocation: no equal-time row
+    assert "equal_time" not in result["variants"]["timed_steps"]
+    assert mod.main([str(tmp_path)]) == 0
+    assert "At equal training seconds" in (tmp_path / "screen.md").read_text()
+    assert (tmp_path / "screen_seconds.png").stat().st_size > 0
 
 
 def test_free_share_splits_lfm_batches_and_keeps_the_total(demos):
