@@ -343,4 +343,20 @@ def test_probe_small_data_smoke(tmp_path):
     assert abs(two["params"] - suite_lfm["params"]) / suite_lfm["params"] < 0.05
     for r in rows:
         assert math.isfinite(r["train_nll"]) and r["gap"] == pytest.approx(r["test_nll"] - r["train_nll"])
+        assert math.isfinite(r["train_prior"]) and math.isfinite(r["test_prior"])
     assert "| LFM, global width, B batches per block |" in (tmp_path / "small_data.md").read_text()
+
+
+def test_probe_small_data_nll_matches_the_bench_and_spacing_is_the_stated_ratio(tmp_path):
+    mod = _load_benchmark("probe_small_data")
+    x = torch.randn(64, 2)
+    model = tl.LocalFlowMatching(2, tl.OUSchedule.from_steps([0.3]), velocity_factory=lambda n: tl.MLP(2, width=16))
+    model.fit(x, batches_per_block=3, batch_size=16, seed=0, progress=False)
+    nll, prior = mod._nll_and_prior(model, x[:8], "exact", 0)
+    assert nll == pytest.approx(mod.protocol._nll(model, x[:8], "exact", 0))
+    encoded = model.encode(x[:8], ode=mod.protocol.EVAL_ODE).double()
+    assert prior == pytest.approx(float(0.5 * encoded.pow(2).sum(1).mean() + math.log(2 * math.pi)), rel=1e-4)
+    assert mod.main(["--spacing", "8gaussians", "--budget", "smoke", "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "small_data_spacing.json").read_text())["results"]["rows"]
+    h, d = row["h1"], row["median_nn"]
+    assert d > 0 and row["ratio"] == pytest.approx(math.exp(-2 * h) * d**2 / (2 * (1 - math.exp(-2 * h))))
