@@ -272,3 +272,37 @@ def test_free_share_splits_lfm_batches_and_keeps_the_total(demos):
     assert abs(batches[0] - batches[1]) <= 1
     with pytest.raises(ValueError, match="free_share"):
         policy.fit(demos, epochs=1.0, free_share=1.5, progress=False)
+
+
+def _load_nfe_bench():
+    spec = importlib.util.spec_from_file_location("policy_nfe", ROOT / "benchmarks" / "bench_policy_nfe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_policy_nfe_summary_pairs_seeds_and_finds_the_smallest_nfe_that_keeps_success():
+    mod = _load_nfe_bench()
+    success = {("lfm", 1): (0.5, 0.7), ("lfm", 2): (0.9, 0.9), ("lfm", 4): (0.9, 1.0),
+               ("global", 1): (0.85, 0.95), ("global", 2): (0.9, 0.9), ("global", 4): (0.9, 1.0)}
+    records = [{"method": m, "seed": s, "per_block": k, "success": v[s], "nfe": 12.0 * k, "latency_s": 1e-3 * k}
+               for (m, k), v in success.items() for s in (0, 1)]
+    out = mod.summarize(records, [1, 2, 4], [0, 1])
+    lfm = out["lfm"]["rows"]
+    assert lfm[0]["change"]["mean"] == pytest.approx(-0.35) and lfm[0]["change"]["se"] == pytest.approx(0.05)
+    assert lfm[1]["change"]["mean"] == pytest.approx(-0.05) and lfm[1]["change"]["se"] == pytest.approx(0.05)
+    assert lfm[2]["latency_ms"]["mean"] == pytest.approx(4.0)
+    assert out["lfm"]["smallest_nfe_keeping"] == 24  # -0.05 ± 0.05 keeps it, -0.35 ± 0.05 does not
+    assert out["global"]["smallest_nfe_keeping"] == 24  # a steady -0.05 (SE 0) at 12 does not keep it
+
+
+def test_policy_nfe_bench_gives_both_flows_equal_nfe(tmp_path):
+    mod = _load_nfe_bench()
+    assert mod.main(["--demos", "6", "--epochs", "1", "--seeds", "2", "--episodes", "3", "--steps", "1,2",
+                     "--latency-episodes", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "policy_nfe_point.json").read_text())["results"]
+    for k in (1, 2):  # k RK4 steps per LFM block = 3k in the global flow's one block: 4 * 3k evaluations each
+        nfe = {r["nfe"] for r in result["records"] if r["per_block"] == k}
+        assert nfe == {12.0 * k}
+    assert all(r["latency_s"] > 0 for r in result["records"])
+    assert "Smallest NFE that keeps the success" in (tmp_path / "policy_nfe_point.md").read_text()
