@@ -31,6 +31,20 @@ def test_smoke_run_writes_results(tmp_path, capsys):
     assert "lfm-trig" in capsys.readouterr().out
 
 
+def test_standardize_flag_fits_every_method_on_standardized_data(tmp_path, capsys):
+    argv = ["run", "8gaussians", "--budget", "smoke", "--methods", "lfm-linear", "--out", str(tmp_path),
+            "--no-progress", "--no-figures"]
+    assert main(argv + ["--standardize", "diagonal"]) == 0
+    out = tmp_path / "8gaussians_smoke"
+    data = json.loads((out / "results.json").read_text())["results"]
+    assert data["task"]["fit"] == {"standardize": "diagonal"} and data["task"]["dataset"] == "8gaussians"
+    assert "every method fits with standardize='diagonal'" in (out / "results.md").read_text()
+    # the option is part of the run's recipe: a plain run does not reuse the standardized seed
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 2
+    assert "different task" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,match", [
     (["run", "nosuchset", "--budget", "smoke"], "unknown task"),
     (["run", "tree", "--budget", "huge"], "unknown budget"),

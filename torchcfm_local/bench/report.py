@@ -117,7 +117,13 @@ def run_heading(result: dict, seeds_note: str) -> str:
             f"{result['n_train']} train points, {result['total_batches']} batches of {result['batch_size']} per "
             f"method, LFM {result['n_blocks']} blocks x MLP({result['lfm_width']}x{result['depth']}), global "
             f"MLP({result['global_width']}x{result['depth']}); NLL in nats ({result['estimator']} divergence, "
-            f"dopri5 1e-5); energy distance to {result['n_test']} test points\n")
+            f"dopri5 1e-5); energy distance to {result['n_test']} test points{_fit_note(result)}\n")
+
+
+def _fit_note(result: dict) -> str:
+    """The task's fit options that every method used (e.g. standardization), for the heading."""
+    fit = result["task"].get("fit") or {}
+    return "" if not fit else "; every method fits with " + ", ".join(f"{k}={v!r}" for k, v in fit.items())
 
 
 def format_reach(row: dict, unit: str = "batches") -> str:
