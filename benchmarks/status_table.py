@@ -13,8 +13,9 @@ LFM method is held against it on three targets:
     python benchmarks/status_table.py benchmarks/results/quick3 --budget quick \\
         --tasks tree,rose,patches3x3,bsds300_patches --name status_quick
 
-reads ``<dir>/<task>_<budget>/results.json`` (the aggregate of ``lfm-bench run --seeds ...``) and
-writes ``<out>/<name>.{json,md}``. A one-seed result is refused: a status claim needs seeds.
+reads ``<dir>/<task>_<budget>/results.json`` (the aggregate of ``lfm-bench run --seeds ...``; with
+several directories, from the one that holds that task) and writes ``<out>/<name>.{json,md}``. A
+task run with fit options for every method (``lfm-bench run --standardize``) is labelled with them. A one-seed result is refused: a status claim needs seeds.
 """
 from __future__ import annotations
 
@@ -30,11 +31,17 @@ BATCH_TARGET = 0.5  # at most this fraction of the global flow's batches
 ED_SE = 2.0  # energy distance: paired difference at most this many standard errors above zero
 
 
-def read_record(directory: Path, task: str, budget: str) -> dict:
-    """The multi-seed record of ``<directory>/<task>_<budget>/results.json``; ValueError if missing or one seed."""
-    path = directory / f"{task}_{budget}" / "results.json"
-    if not path.exists():
-        raise ValueError(f"{path} not found; run `lfm-bench run {task} --budget {budget} --seeds 0,1,2` first")
+def read_record(directories: list, task: str, budget: str) -> dict:
+    """The multi-seed record of ``<directory>/<task>_<budget>/results.json`` in the one of
+    ``directories`` that has it; ValueError if none or several do, or if it holds one seed."""
+    found = [d / f"{task}_{budget}" / "results.json" for d in directories
+             if (d / f"{task}_{budget}" / "results.json").exists()]
+    if not found:
+        raise ValueError(f"no {task}_{budget}/results.json in {', '.join(map(str, directories))}; run "
+                         f"`lfm-bench run {task} --budget {budget} --seeds 0,1,2` first")
+    if len(found) > 1:
+        raise ValueError(f"{task}_{budget} is in several directories ({', '.join(map(str, found))}); pass one")
+    path = found[0]
     record = json.loads(path.read_text())["results"]
     if "aggregate" not in record or record["aggregate"]["n_seeds"] < 2:
         raise ValueError(f"{path} holds one seed; the status table needs a multi-seed run (--seeds 0,1,2)")
@@ -58,8 +65,9 @@ def task_rows(record: dict) -> list[dict]:
         compare_to_reference(reach, agg["methods"], reference=best["method"])
         ratio = reach["batch_ratio_to_reference"]
         d_nll, d_ed = paired[name]["test_nll"], paired[name]["energy_distance"]
+        fit = record["task"].get("fit") or {}
         rows.append({
-            "task": record["task"]["dataset"], "dim": record["dim"], "n_seeds": agg["n_seeds"],
+            "task": record["task"]["dataset"] + "".join(f" ({k}={v})" for k, v in fit.items()), "dim": record["dim"], "n_seeds": agg["n_seeds"],
             "global": best["method"], "global_test_nll": best["test_nll"], "method": name,
             "test_nll": lfm["test_nll"], "paired_test_nll": d_nll, "paired_energy_distance": d_ed,
             "batches_to_global_nll": reach["batches_to_reference_nll"], "batch_ratio": ratio,
@@ -97,7 +105,8 @@ def table(rows: list[dict], budget: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", type=Path, help="the --out directory of the lfm-bench runs")
+    parser.add_argument("directory", type=Path, nargs="+",
+                        help="the --out directories of the lfm-bench runs (each task is read from the one that has it)")
     parser.add_argument("--budget", default="quick")
     parser.add_argument("--tasks", default="tree,rose,patches3x3,bsds300_patches")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

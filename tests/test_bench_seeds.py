@@ -266,3 +266,30 @@ def test_status_table_from_seed_aggregates(tmp_path, capsys):
     assert "needs a multi-seed run" in capsys.readouterr().err
     assert status.main([str(tmp_path), "--budget", "smoke", "--tasks", "rose", "--out", str(out)]) == 2
     assert "lfm-bench run rose --budget smoke --seeds 0,1,2" in capsys.readouterr().err
+
+
+def test_status_table_reads_tasks_from_several_directories(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from torchcfm_local.bench.seeds import seeds_record
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "status_table.py"
+    spec = importlib.util.spec_from_file_location("status_table", path)
+    status = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(status)
+    record = dict(seeds_record([_synthetic(s, d) for s, d in zip((0, 5, 9), [0.0, 1.0, 3.0])]), dim=2)
+    standardized = json.loads(json.dumps(record))
+    standardized["task"]["fit"] = {"standardize": "diagonal"}
+    for directory, task, rec in (("raw", "toy", record), ("std", "other", standardized)):
+        (tmp_path / directory / f"{task}_smoke").mkdir(parents=True)
+        (tmp_path / directory / f"{task}_smoke" / "results.json").write_text(json.dumps({"provenance": {}, "results": rec}))
+    out = tmp_path / "out"
+    dirs = [str(tmp_path / "raw"), str(tmp_path / "std")]
+    assert status.main(dirs + ["--budget", "smoke", "--tasks", "toy,other", "--out", str(out)]) == 0
+    tasks = [r["task"] for r in json.loads((out / "status_smoke.json").read_text())["results"]["rows"]]
+    assert tasks[:2] == ["toy", "toy"] and tasks[2:] == ["toy (standardize=diagonal)"] * 2  # labelled by its fit option
+    (tmp_path / "std" / "toy_smoke").mkdir()
+    (tmp_path / "std" / "toy_smoke" / "results.json").write_text(json.dumps({"provenance": {}, "results": record}))
+    assert status.main(dirs + ["--budget", "smoke", "--tasks", "toy", "--out", str(out)]) == 2
+    assert "in several directories" in capsys.readouterr().err
