@@ -30,6 +30,7 @@ import torchcfm_local as tl
 from torchcfm_local.bench import protocol
 from torchcfm_local.bench.registry import BUDGETS, TASKS
 from torchcfm_local.bench.report import write_results
+from torchcfm_local.standardize import Standardizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,10 +89,9 @@ def spacing(tasks: list, budget: str, seed: int, queries: int = 2000) -> list:
         task = TASKS[name]
         setup = protocol.prepare(task, name, BUDGETS[budget], budget, seed=seed)
         x = setup.train.reshape(len(setup.train), -1).double()
-        if task.fit.get("standardize") not in (None, "none", "diagonal"):
-            raise SystemExit(f"{name}: --spacing handles per-feature standardization only")
-        if task.fit.get("standardize") == "diagonal":  # the units block 1 sees
-            x = (x - x.mean(0)) / x.std(0)
+        mode = task.fit.get("standardize")
+        if mode not in (None, "none"):  # the units block 1 sees: fit's own map
+            x = Standardizer.fit(x, mode).apply(x)
         d = torch.cdist(x[:queries], x)
         d[torch.arange(min(queries, len(x))), torch.arange(min(queries, len(x)))] = float("inf")
         nearest = float(d.min(1).values.median())

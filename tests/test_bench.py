@@ -372,5 +372,11 @@ def test_probe_small_data_nll_matches_the_bench_and_spacing_is_the_stated_ratio(
     assert prior == pytest.approx(float(0.5 * encoded.pow(2).sum(1).mean() + math.log(2 * math.pi)), rel=1e-4)
     assert mod.main(["--spacing", "8gaussians", "--budget", "smoke", "--out", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "small_data_spacing.json").read_text())["results"]["rows"]
-    h, d = row["h1"], row["median_nn"]
-    assert d > 0 and row["ratio"] == pytest.approx(math.exp(-2 * h) * d**2 / (2 * (1 - math.exp(-2 * h))))
+    # the median nearest-other-point distance, recomputed by brute force on the same training set
+    task = mod.TASKS["8gaussians"]
+    train = mod.protocol.prepare(task, "8gaussians", mod.BUDGETS["smoke"], "smoke", seed=0).train.double()
+    assert row["n_train"] == len(train) <= 2000  # every point is a query at this size
+    gaps = (train[:, None] - train[None]).norm(dim=-1) + torch.diag(torch.full((len(train),), float("inf")))
+    d, h = float(gaps.min(1).values.median()), task.steps[0]
+    assert row["median_nn"] == pytest.approx(d, rel=1e-9) and row["h1"] == h
+    assert row["ratio"] == pytest.approx(math.exp(-2 * h) * d**2 / (2 * (1 - math.exp(-2 * h))))
