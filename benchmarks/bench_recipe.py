@@ -37,7 +37,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 _SILU, _SOFTPLUS = {"activation": "silu", "n_freq": 4}, {"activation": "softplus20", "n_freq": 0}
 
-#: name -> the fields of the task that change (``mlp``: MLP keyword arguments, ``fit``: fit options)
+#: name -> the fields of the task that change (``mlp``: MLP keyword arguments, ``fit``: fit options;
+#: without ``fit``, fit's defaults, ``standardize="auto"`` included: it standardizes the patch sets)
 VARIANTS = {
     "silu-fourier": {"mlp": _SILU},
     "silu-raw": {"mlp": {"activation": "silu", "n_freq": 0}},
@@ -51,6 +52,7 @@ VARIANTS = {
     "softplus20-raw+ou": {"mlp": _SOFTPLUS, "fit": {"pool": "ou"}},
     "silu-fourier+std": {"mlp": _SILU, "fit": {"standardize": "diagonal"}},
     "std-diagonal": {"fit": {"standardize": "diagonal"}},  # the default network on standardized data
+    "std-none": {"fit": {"standardize": "none"}},  # the default network on the data as the loader gives it
     # the task's own OU schedule with the default network; other schedules, ``(h0, rho, N)`` of
     # ``OUSchedule``, at the task's total parameters and batches
     "task-schedule": {},

@@ -43,6 +43,13 @@ def test_standardize_flag_fits_every_method_on_standardized_data(tmp_path, capsy
     capsys.readouterr()
     assert main(argv + ["--resume"]) == 2
     assert "different task" in capsys.readouterr().err
+    # a plain run records fit's default, "auto", and the map it chose (none: 8gaussians is near unit scale)
+    assert main(argv[:-4] + ["--out", str(tmp_path / "plain"), "--no-progress", "--no-figures"]) == 0
+    plain = tmp_path / "plain" / "8gaussians_smoke"
+    data = json.loads((plain / "results.json").read_text())["results"]
+    assert data["task"]["fit"] == {"standardize": "auto"}
+    assert {r["standardize"] for r in data["runs"] if r["fraction"] == 1.0} == {"none"}
+    assert "every method fits with standardize='auto' (data map: none)" in (plain / "results.md").read_text()
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -164,7 +164,7 @@ def test_shaped_data():
 
 def test_bad_inputs():
     x = _data()
-    with pytest.raises(ValueError, match="standardize must be None, 'none', 'diagonal' or 'full', got 'zscore'"):
+    with pytest.raises(ValueError, match=r"standardize must be one of \(None, 'none', 'auto', 'diagonal', 'full'\), got 'zscore'"):
         _model().fit(x, standardize="zscore", **FIT)
     assert _model().fit(x, standardize="none", **{**FIT, "batches_per_block": 1}).blocks  # "none" is the identity
     const = x.clone()
@@ -186,7 +186,7 @@ def test_bad_inputs():
         Standardizer.fit(torch.randn(10, 4097), "full")
 
 
-def test_fit_without_standardization_warns_about_data_far_from_unit_scale():
+def test_auto_standardizes_only_data_far_from_unit_scale():
     import warnings
 
     g = torch.Generator().manual_seed(0)
@@ -195,12 +195,18 @@ def test_fit_without_standardization_warns_about_data_far_from_unit_scale():
     def fit(data, **kw):
         model = tl.LocalFlowMatching(3, velocity_factory=lambda n: tl.MLP(3, width=8))
         model.fit(data, batches_per_block=1, batch_size=50, progress=False, **kw)
+        return model.standardizer
 
-    for scale in (0.05, 10.0):
-        with pytest.warns(UserWarning, match=r"RMS feature std is .*standardize='diagonal'") as caught:
-            fit(scale * x)
-        assert caught[0].filename == __file__  # points at the caller's fit
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fit(x)  # unit scale
-        fit(0.05 * x, standardize="diagonal")  # the blocks see unit-scale data
+        for scale, mode in ((0.05, "diagonal"), (0.2, "diagonal"), (0.3, None), (1.0, None), (3.5, None),
+                            (5.0, "diagonal"), (100.0, "diagonal")):
+            assert fit(scale * x).mode == mode, scale  # the default is "auto"
+        assert fit(0.05 * x, standardize=None).mode is None  # asked for: no map, no warning
+        off = fit(0.05 * x + 3.0)
+        torch.testing.assert_close(off.mean, (0.05 * x + 3.0).double().mean(0))
+    const = 0.05 * x
+    const[:, 1] = 2.0  # off scale, but "diagonal" refuses the constant feature
+    with pytest.warns(UserWarning, match=r"RMS feature std is .* cannot rescale it .*constant") as caught:
+        assert fit(const).mode is None
+    assert caught[0].filename == __file__  # points at the caller's fit

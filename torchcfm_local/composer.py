@@ -434,8 +434,8 @@ class LocalFlowMatching(nn.Module):
         samples. ``pool="ou"`` draws block n's data side from the exact OU marginal of the data at
         ``h_1 + ... + h_{n-1}`` instead: no pushforward, blocks independent (parallelizable), but every block's
         error compounds at sampling (see FitConfig). Blocks that share one network (:mod:`.shared`) need
-        ``pool="ou"`` and train together, in one loop (:mod:`.training.joint`). ``standardize="diagonal"`` /
-        ``"full"`` first fits an affine map of the data (:attr:`standardizer`).
+        ``pool="ou"`` and train together, in one loop (:mod:`.training.joint`). First an affine map of the data
+        is fitted (:attr:`standardizer`): by default per feature when the data is far from unit scale.
 
         Data-parallel when launched with ``torchrun --nproc_per_node=K`` (or inside an initialized
         ``torch.distributed`` process group): every rank calls ``fit`` with the same ``x`` and settings, trains

@@ -1,7 +1,11 @@
 r"""Affine standardization of the data in front of the blocks: ``A(x) = L^{-1} (x - m)``.
 
 ``fit(x, standardize="diagonal" | "full")`` fits ``A`` on the training data (statistics in
-float64) and stores it in the model; the blocks then model the standardized data ``A(x)``:
+float64) and stores it in the model; the blocks then model the standardized data ``A(x)``.
+``fit``'s default, ``"auto"``, is ``"diagonal"`` for data far from unit scale (RMS feature std
+outside :data:`SCALE_RANGE`) and the identity otherwise: the OU steps are measured against
+N(0, I) noise, so only data near unit scale gets the noise levels the schedule says. Data near
+unit scale is left as it is, so a schedule chosen for it keeps its meaning.
 
 * ``encode`` applies ``A`` before block 1, ``decode`` / ``sample`` apply ``A^{-1}`` after it
   (only when block 1 is run: the other blocks' sides are in the standardized space);
@@ -11,7 +15,8 @@ float64) and stores it in the model; the blocks then model the standardized data
 ``"diagonal"``: ``m`` the per-feature mean, ``L = diag(std)`` (population std), one scale per
 flattened feature (also for images). ``"full"``: ``L`` the lower Cholesky factor of the
 covariance (whitening); at most :data:`FULL_MAX_DIM` features. Both refuse a constant feature,
-and ``"full"`` a (nearly) singular covariance, with an error instead of dividing by ~0.
+and ``"full"`` a (nearly) singular covariance, with an error instead of dividing by ~0;
+``"auto"`` then keeps the identity and warns.
 
 For loops of your own (``train_blocks``), set ``lfm.standardizer = Standardizer.fit(x, mode)``
 before training the first block.
@@ -27,16 +32,19 @@ import torch
 
 from .checkpoint import CheckpointError
 
-__all__ = ["Standardizer", "MODES", "FULL_MAX_DIM"]
+__all__ = ["Standardizer", "MODES", "CHOICES", "FULL_MAX_DIM", "SCALE_RANGE", "rms_scale"]
 
-#: The names ``standardize=`` takes besides ``None`` / ``"none"`` (the identity).
+#: The maps ``standardize=`` names besides ``None`` / ``"none"`` (the identity) and ``"auto"``.
 MODES = ("diagonal", "full")
+
+#: Every value ``standardize=`` accepts.
+CHOICES = (None, "none", "auto") + MODES
 
 #: Most features ``"full"`` accepts: it forms, factors and stores a ``d x d`` covariance.
 FULL_MAX_DIM = 4096
 
-#: ``fit`` without standardization warns when the data's RMS feature std lies outside this range.
-#: The OU steps are measured against N(0, I) noise: on data of scale ``s`` a short step ``h`` adds
+#: ``standardize="auto"`` standardizes (``"diagonal"``) data whose RMS feature std lies outside
+#: this range and leaves other data as it is. The OU steps are measured against N(0, I) noise: on data of scale ``s`` a short step ``h`` adds
 #: as much noise relative to the data as a step ``h / s**2`` does on unit-scale data, so outside
 #: this range the schedule's steps act at least 16 times longer or shorter than their values say.
 SCALE_RANGE = (0.25, 4.0)
@@ -65,7 +73,7 @@ class Standardizer:
     def __init__(self, mode: Optional[str] = None, mean: Optional[torch.Tensor] = None,
                  scale: Optional[torch.Tensor] = None):
         if mode not in (None,) + MODES:
-            raise ValueError(f"standardize must be None, 'none', 'diagonal' or 'full', got {mode!r}")
+            raise ValueError(f"a fitted Standardizer's mode is None, 'diagonal' or 'full', got {mode!r}")
         if (mode is None) != (mean is None) or (mode is None) != (scale is None):
             raise ValueError("a Standardizer has mean and scale exactly when its mode is not None")
         self.mode = mode
@@ -83,19 +91,21 @@ class Standardizer:
 
     @classmethod
     def fit(cls, x: torch.Tensor, mode: Optional[str], shape: Optional[tuple] = None) -> "Standardizer":
-        """The map of ``mode`` fitted on ``x`` ``(n, *shape)`` (streamed in chunks, float64, on the CPU).
+        """The map of ``mode`` fitted on ``x`` ``(n, *shape)`` (streamed in chunks, float64, on the CPU);
+        ``"auto"`` resolves to ``"diagonal"`` or the identity (module docstring).
 
         Raises:
             ValueError: unknown mode, a constant feature (named by its index), ``"full"`` with more
                 than :data:`FULL_MAX_DIM` features or a (nearly) singular covariance.
         """
         mode = None if mode in (None, "none") else mode
-        if mode not in (None,) + MODES:
-            raise ValueError(f"standardize must be None, 'none', 'diagonal' or 'full', got {mode!r}")
+        if mode not in CHOICES:
+            raise ValueError(f"standardize must be one of {CHOICES}, got {mode!r}")
         shape = tuple(x.shape[1:]) if shape is None else tuple(shape)
         d = int(np.prod(shape))
+        if mode == "auto":
+            return _auto(cls, x, shape, d)
         if mode is None:
-            _warn_if_off_scale(x, d)
             return cls()
         if mode == "full" and d > FULL_MAX_DIM:
             raise ValueError(f"standardize='full' forms a {d} x {d} covariance; it takes at most {FULL_MAX_DIM} "
@@ -200,16 +210,28 @@ def _moments(x: torch.Tensor, d: int, full: bool) -> tuple[torch.Tensor, torch.T
     return mean, second / n
 
 
-def _warn_if_off_scale(x: torch.Tensor, d: int) -> None:
-    """Warn when the RMS per-feature std of ``x`` (on at most about 10k evenly spaced rows) is
-    outside :data:`SCALE_RANGE`."""
+def rms_scale(x: torch.Tensor, d: int) -> float:
+    """The RMS per-feature std of ``x`` ``(n, ...)`` with ``d`` features, on at most about 10k evenly
+    spaced rows (the quantity ``standardize="auto"`` compares with :data:`SCALE_RANGE`)."""
     rows = x[:: max(1, x.shape[0] // 10_000)]
-    scale = float(_moments(rows, d, full=False)[1].mean().sqrt())
-    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
-        warnings.warn(f"the training data's RMS feature std is {scale:.3g}, far from the unit scale of the "
-                      "N(0, I) noise that the OU steps are measured against (a step h acts like h / scale^2 "
-                      "on unit-scale data); fit(..., standardize='diagonal') rescales the data for the "
-                      "blocks and undoes it in decode, sample and log_prob", UserWarning, stacklevel=7)
+    return float(_moments(rows, d, full=False)[1].mean().sqrt())
+
+
+def _auto(cls, x: torch.Tensor, shape: tuple, d: int) -> "Standardizer":
+    """``standardize="auto"``: ``"diagonal"`` for data off unit scale, else the identity; the identity
+    with a warning when off-scale data has a constant feature (which ``"diagonal"`` refuses)."""
+    scale = rms_scale(x, d)
+    if SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        return cls()
+    try:
+        return cls.fit(x, "diagonal", shape)
+    except ValueError as err:
+        warnings.warn(f"the training data's RMS feature std is {scale:.3g}, far from the unit scale of the N(0, I) "
+                      "noise that the OU steps are measured against (a step h acts like h / scale^2 on unit-scale "
+                      f"data), but standardize='auto' cannot rescale it ({err}); the blocks see the data as it is. "
+                      "Drop the constant features, or pass standardize=None to silence this", UserWarning,
+                      stacklevel=8)
+        return cls()
 
 
 def _check_not_constant(mean: torch.Tensor, std: torch.Tensor, shape: tuple) -> None:

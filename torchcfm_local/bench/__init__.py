@@ -4,17 +4,18 @@
     lfm-bench quick --seeds 0,1,2         # the same over three seeds: mean ± standard error
     lfm-bench run rose --budget medium    # any task and budget (medium and full: seeds 0,1,2)
     lfm-bench run power --root ~/data/maf --budget full --seeds 0
-    lfm-bench run patches3x3 --standardize diagonal   # every method fits standardized data
+    lfm-bench run patches3x3 --standardize none   # every method fits the raw data
     lfm-bench list                        # tasks, budgets and methods
 
 ``--seeds`` takes comma-separated ints >= 0 (``--seed N`` is the same as ``--seeds N``); the
 default is ``0`` for the smoke and quick budgets and ``0,1,2`` for medium and full. Each seed
 draws its own data subsets and initializations. ``--resume`` reads the seeds that already have a
 ``results.json`` in the output directory (same recipe, budget and methods) instead of running them
-again, so a long multi-seed run can be finished in parts. ``--standardize diagonal`` (or ``full``)
-makes every method ``fit(standardize=...)`` (:mod:`torchcfm_local.standardize`): for data far from
-unit scale, such as the image patch sets; the tables' heading says so, and NLL and energy distance
-stay in data units.
+again, so a long multi-seed run can be finished in parts. Every method fits with fit's default
+``standardize="auto"`` (:mod:`torchcfm_local.standardize`): data far from unit scale, such as the
+image patch sets, is standardized per feature, other data is left as it is; ``--standardize
+none|diagonal|full`` makes every method use that map instead. The tables' heading names the option
+and the map it chose; NLL and energy distance stay in data units.
 
 With one seed a run writes ``<out>/<task>_<budget>/``: ``results.json`` (every number, the command,
 commit, versions and machine), ``results.md`` (the table, marked "one seed"), ``curves.png``,
@@ -102,8 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--budget", default="quick", help=f"one of: {', '.join(BUDGETS)}")
     run.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     run.add_argument("--root", default=None, help="directory with the MAF dataset files (power, gas, ...)")
-    run.add_argument("--standardize", choices=("diagonal", "full"), default=None,
-                     help="every method fits with fit(standardize=...): for data far from unit scale")
+    run.add_argument("--standardize", choices=("auto", "none", "diagonal", "full"), default=None,
+                     help="every method fits with fit(standardize=...) (default: the task's, 'auto')")
     for p in (quick, run):
         p.add_argument("--out", default="lfm-bench-results", help="output directory (default: ./lfm-bench-results)")
         p.add_argument("--seeds", "--seed", dest="seeds", default=None,

@@ -88,6 +88,7 @@ class RunResult:
     sample_seconds_per_1000: Optional[float] = None
     eval_seconds: Optional[float] = None
     block_final_losses: list = field(default_factory=list)
+    standardize: Optional[str] = None  # the model's data map after fit (what "auto" chose), final runs only
 
 
 @dataclass
@@ -272,6 +273,7 @@ def evaluate_final(method: str, model: LocalFlowMatching, final: RunResult, setu
     final.sample_nfe = model.last_stats.nfe
     final.energy_distance = energy_distance(samples, setup.test)
     final.eval_seconds = time.perf_counter() - tick
+    final.standardize = model.standardizer.mode or "none"
     log(f"  {method}: test NLL {final.test_nll:.4f}, val NLL {final.val_nll:.4f}, "
         f"energy distance {final.energy_distance:.4f}")
     return samples
@@ -287,6 +289,7 @@ def collect_result(setup: Setup, runs: list[RunResult], seed: int) -> dict:
         "global_width": setup.global_width, "depth": task.depth, "batch_size": setup.batch_size,
         "total_batches": setup.total_batches, "estimator": setup.estimator, "eval_ode": asdict(EVAL_ODE),
         "seed": seed, "runs": [asdict(r) for r in runs],
+        "data_maps": sorted({r.standardize for r in runs if r.standardize}),  # what standardize="auto" chose
     }
     result["summary"] = summarize(result)
     return result

@@ -47,7 +47,8 @@ class Task:
             the global flow), for example ``{"activation": "silu"}``; empty: the MLP's defaults.
         fit: further :meth:`~torchcfm_local.LocalFlowMatching.fit` options of every method, for
             example ``{"standardize": "diagonal"}`` or ``{"pool": "ou"}`` (a one-block global flow
-            has no pool to push, so ``pool`` changes only LFM); empty: fit's defaults.
+            has no pool to push, so ``pool`` changes only LFM). Default ``{"standardize": "auto"}``
+            (fit's own default, written out so that a result records it).
     """
 
     dataset: str
@@ -60,7 +61,7 @@ class Task:
     block_weights: Optional[tuple[float, ...]] = None
     note: str = ""
     mlp: dict = field(default_factory=dict)
-    fit: dict = field(default_factory=dict)
+    fit: dict = field(default_factory=lambda: {"standardize": "auto"})
 
     def __post_init__(self):
         _positive_floats(self.steps, "Task.steps")

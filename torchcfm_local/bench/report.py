@@ -121,9 +121,12 @@ def run_heading(result: dict, seeds_note: str) -> str:
 
 
 def _fit_note(result: dict) -> str:
-    """The task's fit options that every method used (e.g. standardization), for the heading."""
+    """The task's fit options that every method used (e.g. standardization), for the heading, with
+    the data map ``standardize="auto"`` chose."""
     fit = result["task"].get("fit") or {}
-    return "" if not fit else "; every method fits with " + ", ".join(f"{k}={v!r}" for k, v in fit.items())
+    chosen = result.get("data_maps")
+    note = "" if not fit else "; every method fits with " + ", ".join(f"{k}={v!r}" for k, v in fit.items())
+    return note + (f" (data map: {', '.join(chosen)})" if fit.get("standardize") == "auto" and chosen else "")
 
 
 def format_reach(row: dict, unit: str = "batches") -> str:

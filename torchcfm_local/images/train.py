@@ -99,8 +99,11 @@ def build_model(shape, config: ImageConfig, method: str = "lfm") -> LocalFlowMat
 def fit_model(model: LocalFlowMatching, x: torch.Tensor, config: ImageConfig, batches_per_block: int, *,
               batch_size: Optional[int] = None, lr: Optional[float] = None, **fit_kwargs):
     """``model.fit`` with ``config``'s optimizer settings at equal total batches: an LFM block gets
-    ``batches_per_block``, a one-block (global) model ``config.n_blocks`` times as many."""
+    ``batches_per_block``, a one-block (global) model ``config.n_blocks`` times as many. The pixels
+    are already in ``[-1, 1)`` (:func:`~.data.to_model_space`), as in the paper, so no data map is
+    fitted unless ``fit_kwargs`` asks for one."""
     per_block = batches_per_block * config.n_blocks // model.n_blocks
+    fit_kwargs = {"standardize": None, **fit_kwargs}
     return model.fit(x, batches_per_block=per_block, batch_size=min(batch_size or config.batch_size, len(x)),
                      lr=lr or config.lr, warmup=min(config.warmup, per_block // 10), ema_decay=config.ema_decay,
                      grad_clip=config.grad_clip, **fit_kwargs)

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from .._checks import per_item_ints, positive_float, positive_int
 from ..solvers import ODEOptions
+from ..standardize import CHOICES as STANDARDIZE_CHOICES
 from .loop import OptimConfig
 
 __all__ = ["FitConfig", "PUSHFORWARD_ODE", "PUSHFORWARD_TOL", "POOL_MODES"]
@@ -110,8 +111,11 @@ class FitConfig:
               ``"pushforward"`` is refused for them.
         standardize: an affine map fitted on the training data (float64 statistics) in front of
             block 1 (:mod:`torchcfm_local.standardize`): ``None`` / ``"none"`` (the identity),
-            ``"diagonal"`` (per-feature mean and std) or ``"full"`` (mean and whitening by the
-            inverse Cholesky factor of the covariance; at most 4096 features). Stored in the model;
+            ``"diagonal"`` (per-feature mean and std), ``"full"`` (mean and whitening by the
+            inverse Cholesky factor of the covariance; at most 4096 features) or ``"auto"`` (the
+            default: ``"diagonal"`` when the data's RMS feature std is outside
+            :data:`~torchcfm_local.standardize.SCALE_RANGE`, else the identity; the model's
+            ``standardizer.mode`` says which). Stored in the model;
             ``encode`` / ``decode`` / ``sample`` / ``log_prob`` stay in data units. Fitted when
             no block is trained yet; a resumed run keeps the map it started with.
 
@@ -142,7 +146,7 @@ class FitConfig:
     ema_decay: Optional[float] = _option(None, run=True, legacy=None)
     amp: bool = _option(False, run=True, legacy=False)
     pool: str = _option("pushforward", run=True, legacy="pushforward")
-    standardize: Optional[str] = _option(None, run=True, legacy=None)
+    standardize: Optional[str] = _option("auto", run=True, legacy=None)
 
     def __post_init__(self):
         budget = self.batches_per_block
@@ -155,8 +159,8 @@ class FitConfig:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
         if self.pool not in POOL_MODES:
             raise ValueError(f"pool must be one of {POOL_MODES}, got {self.pool!r}")
-        if self.standardize not in (None, "none", "diagonal", "full"):
-            raise ValueError(f"standardize must be None, 'none', 'diagonal' or 'full', got {self.standardize!r}")
+        if self.standardize not in STANDARDIZE_CHOICES:
+            raise ValueError(f"standardize must be one of {STANDARDIZE_CHOICES}, got {self.standardize!r}")
         self.standardize = None if self.standardize == "none" else self.standardize
         if self.encode_final_pool and self.pool == "ou":
             raise ValueError("encode_final_pool=True needs pool='pushforward': pool='ou' pushes nothing through "

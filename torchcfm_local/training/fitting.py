@@ -87,10 +87,10 @@ def _check_inputs(lfm, x, cond, config: FitConfig):
 
 def _standardizer(lfm, x: torch.Tensor, config: FitConfig) -> Standardizer:
     """The data map of this run: fitted on ``x`` while no block is trained, else the model's own
-    (its blocks were trained behind it), which must be of the requested kind."""
+    (its blocks were trained behind it), which must be of the requested kind (any, for ``"auto"``)."""
     if lfm.n_trained == 0:
         return Standardizer.fit(x, config.standardize, lfm.shape)
-    if lfm.standardizer.mode != config.standardize:
+    if config.standardize != "auto" and lfm.standardizer.mode != config.standardize:
         raise ValueError(f"this model's {lfm.n_trained} trained block(s) sit behind standardize="
                          f"{lfm.standardizer.mode!r}; continue with the same standardize, not {config.standardize!r}")
     return lfm.standardizer
