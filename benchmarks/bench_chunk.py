@@ -6,13 +6,14 @@ scaled to this CPU), prints and writes:
 * bare forward evaluations per second of the network under ``torch.no_grad()`` at several batch
   sizes (the ceiling a pushforward can reach);
 * pushforward evaluations per second (rows x NFE / seconds) of ``LocalFlowMatching.transport``
-  with the default training solver (``PUSHFORWARD_ODE``) at several chunk sizes, including the
-  model's default chunk and the earlier default of 2^20 / d rows, and their ratio to the best
-  bare rate.
+  with ``--steps`` RK4 steps per block (default 2, what ``fit``'s measured-error rule picks for
+  most linear-path blocks) at several chunk sizes, including the model's default chunk and the
+  earlier default of 2^20 / d rows, and their ratio to the best bare rate.
 
 Each number is the best of ``--repeats`` runs. Weights are untrained: speed does not depend on them.
 
     python benchmarks/bench_chunk.py            # writes benchmarks/results/chunk.{json,md}
+    python benchmarks/bench_chunk.py --steps 8  # the fixed solver of pushforward_tol=None
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 
 import torchcfm_local as tl
 from torchcfm_local.bench.report import write_results
-from torchcfm_local.training import PUSHFORWARD_ODE
+from torchcfm_local.training.steps import rk4
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,7 +39,7 @@ def best_seconds(fn, repeats: int) -> float:
     return min(times)
 
 
-def measure(dim: int, n: int, batches: list[int], chunks: list[int], repeats: int) -> dict:
+def measure(dim: int, n: int, batches: list[int], chunks: list[int], repeats: int, steps: int) -> dict:
     torch.manual_seed(0)
     lfm = tl.LocalFlowMatching(dim, tl.OUSchedule(0.1, 1.5, 2),
                                velocity_factory=lambda k: tl.MLP(dim, width=256, depth=3))
@@ -49,18 +50,18 @@ def measure(dim: int, n: int, batches: list[int], chunks: list[int], repeats: in
         for b in batches:
             reps = max(1, 400_000 // b)
             bare[b] = reps * b / best_seconds(lambda: [net(t[:b], x[:b]) for _ in range(reps)], repeats)
-    nfe = 4 * PUSHFORWARD_ODE.steps  # RK4: 4 evaluations per step
+    nfe, ode = 4 * steps, rk4(steps)  # RK4: 4 evaluations per step
     push = {}
     for chunk in sorted(set(chunks + [lfm.default_chunk(), max(256, 2**20 // dim)])):
         pool = x.clone()
-        push[chunk] = n * nfe / best_seconds(
-            lambda: lfm.transport(pool, [1], False, PUSHFORWARD_ODE, chunk, out=pool), repeats)
-    return {"dim": dim, "rows": n, "default_chunk": lfm.default_chunk(), "nfe_per_row": nfe,
+        push[chunk] = n * nfe / best_seconds(lambda: lfm.transport(pool, [1], False, ode, chunk, out=pool), repeats)
+    return {"dim": dim, "rows": n, "default_chunk": lfm.default_chunk(), "nfe_per_row": nfe, "rk4_steps": steps,
             "bare_evals_per_s": bare, "pushforward_evals_per_s": push, "best_bare": max(bare.values())}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["### Pushforward throughput against chunk size (MLP 256x3, RK4 x 8 per block, untrained weights)", "",
+    lines = [f"### Pushforward throughput against chunk size (MLP 256x3, RK4 x {results[0]['rk4_steps']} per block, "
+             "untrained weights)", "",
              "| d | rows | what | batch / chunk | M evals/s | x best bare |", "|---|---|---|---|---|---|"]
     for r in results:
         for b, rate in r["bare_evals_per_s"].items():
@@ -76,14 +77,16 @@ def table(results: list[dict]) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="RK4 steps per block (default 2)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--name", default="chunk", help="output file stem (default: chunk)")
     args = parser.parse_args(argv)
-    batches, chunks = [1024, 4096, 8192, 16384, 65536], [1024, 4096, 8192, 16384, 65536]
-    results = [measure(2, 200_000, batches + [200_000], chunks, args.repeats),
-               measure(63, 100_000, batches + [100_000], chunks, args.repeats)]
+    batches = chunks = [1024, 2048, 4096, 8192, 16384, 65536]
+    results = [measure(2, 200_000, batches + [200_000], chunks, args.repeats, args.steps),
+               measure(63, 100_000, batches + [100_000], chunks, args.repeats, args.steps)]
     md = table(results)
     print(md)
-    write_results(args.out, "chunk", {"cases": results}, md)
+    write_results(args.out, args.name, {"cases": results}, md)
 
 
 if __name__ == "__main__":
