@@ -348,6 +348,23 @@ def test_kernel_bench_times_both_activations(monkeypatch):
     assert mod.networks.Softplus20.forward is mod.IMPLEMENTATIONS["vectorized (default)"]  # restored after timing
 
 
+def test_chunk_bench_counts_the_requested_rk4_steps(monkeypatch):
+    mod = _load_benchmark("bench_chunk")
+    calls = []
+    real = mod.tl.LocalFlowMatching.transport
+
+    def transport(self, x, blocks, to_data, ode, chunk_size, **kw):
+        calls.append((ode.solver, ode.steps, chunk_size))
+        return real(self, x, blocks, to_data, ode, chunk_size, **kw)
+
+    monkeypatch.setattr(mod.tl.LocalFlowMatching, "transport", transport)
+    case = mod.measure(2, 600, [256], [300], repeats=1, steps=3)
+    assert case["nfe_per_row"] == 12 and case["rk4_steps"] == 3
+    assert {(s, k) for s, k, _ in calls} == {("rk4", 3)} and {c for *_, c in calls} == {300, 8192, 2**19}
+    assert all(r > 0 for r in [*case["bare_evals_per_s"].values(), *case["pushforward_evals_per_s"].values()])
+    assert "RK4 x 3 per block" in mod.table([case])
+
+
 def test_probe_small_data_smoke(tmp_path):
     mod = _load_benchmark("probe_small_data")
     assert mod.main(["--task", "8gaussians", "--budget", "smoke", "--n-eval", "50", "--out", str(tmp_path)]) == 0

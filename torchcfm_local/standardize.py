@@ -44,9 +44,10 @@ CHOICES = (None, "none", "auto") + MODES
 FULL_MAX_DIM = 4096
 
 #: ``standardize="auto"`` standardizes (``"diagonal"``) data whose RMS feature std lies outside
-#: this range and leaves other data as it is. The OU steps are measured against N(0, I) noise: on data of scale ``s`` a short step ``h`` adds
-#: as much noise relative to the data as a step ``h / s**2`` does on unit-scale data, so outside
-#: this range the schedule's steps act at least 16 times longer or shorter than their values say.
+#: this range and leaves other data as it is. The OU steps are measured against N(0, I) noise: on
+#: data of scale ``s`` a short step ``h`` adds as much noise relative to the data as a step
+#: ``h / s**2`` does on unit-scale data, so outside this range the schedule's steps act at least
+#: 16 times longer or shorter than their values say.
 SCALE_RANGE = (0.25, 4.0)
 
 #: A feature whose std is at most this fraction of its mean's magnitude (or exactly 0) is constant:
