@@ -44,7 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODES = {"fixed8": {"pushforward_tol": None}, "tol": {}, "ou": {"pool": "ou"}, "global": {}}
 
 
-def bare_forward_rate(net: torch.nn.Module, dim: int, rows: int, chunk: int = 8192, repeats: int = 3) -> float:
+def bare_forward_rate(net: torch.nn.Module, dim: int, rows: int, chunk: int, repeats: int = 3) -> float:
     """Network evaluations per second of a plain ``no_grad`` forward pass over ``rows`` points in chunks."""
     x, t = torch.randn(rows, dim), torch.rand(chunk)
     best = float("inf")
@@ -61,14 +61,14 @@ def bare_forward_rate(net: torch.nn.Module, dim: int, rows: int, chunk: int = 81
 def push_vs_bare(lfm, report, n_rows: int, dim: int, bare_rows: int = 65536) -> tuple[float, list[float]]:
     """The pushforward's pace over a bare forward pass of the same networks; and each block's bare rate.
 
-    Each block n's bare rate r_n (:func:`bare_forward_rate`, chunk 8192 like the pushforward) gives the
-    time its pushforward would take at that rate, ``NFE_n * rows / r_n``; the ratio is the sum of those
+    Each block n's bare rate r_n (:func:`bare_forward_rate`, at the pushforward's chunk, the model's
+    default) gives the time its pushforward would take at that rate, ``NFE_n * rows / r_n``; the ratio is the sum of those
     times over the measured pushforward seconds (step probing excluded). Blocks differ in pace (their
     pre-activations differ), so one block's rate is not a fair yardstick for all of them.
     """
     rates, ideal, actual = [], 0.0, 0.0
     for n, block in enumerate(report.blocks, start=1):
-        rate = bare_forward_rate(lfm.nets[n - 1], dim, bare_rows)
+        rate = bare_forward_rate(lfm.nets[n - 1], dim, bare_rows, lfm.default_chunk())
         rates.append(rate)
         if block.pushforward_seconds > 0:
             ideal += block.pushforward_nfe * n_rows / rate
@@ -137,7 +137,7 @@ def markdown(rows: list[dict], args, wide: Optional[dict] = None) -> str:
              f"{args.batches} batches of {args.batch_size} per block)", "",
              "Seconds and test NLL: mean ± SE over seeds (n in the last column). push+eval share: pushforward and "
              "test-NLL evaluation as a share of the total. push/bare: the pushforward's pace over a bare forward pass "
-             "of each block's network at the same chunk (8192 rows), without the time spent choosing the steps "
+             "of each block's network at the same chunk (the model's default), without the time spent choosing the steps "
              "(included in push s). Modes: `tol` fit's default (RK4 steps per block by measured error), `fixed8` 8 "
              "RK4 steps per block, `ou` no pushforward (`pool=\"ou\"`), `global` the one-block flow with the same path, "
              "its MLP widened to the 9 blocks' parameter count, on as many batches.", "",
