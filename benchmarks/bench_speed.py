@@ -62,9 +62,10 @@ def push_vs_bare(lfm, report, n_rows: int, dim: int, bare_rows: int = 65536) -> 
     """The pushforward's pace over a bare forward pass of the same networks; and each block's bare rate.
 
     Each block n's bare rate r_n (:func:`bare_forward_rate`, at the pushforward's chunk, the model's
-    default) gives the time its pushforward would take at that rate, ``NFE_n * rows / r_n``; the ratio is the sum of those
-    times over the measured pushforward seconds (step probing excluded). Blocks differ in pace (their
-    pre-activations differ), so one block's rate is not a fair yardstick for all of them.
+    default) gives the time its pushforward would take at that rate, ``NFE_n * rows / r_n``; the
+    ratio is the sum of those times over the measured pushforward seconds (step probing excluded).
+    Blocks differ in pace (their pre-activations differ), so one block's rate is not a fair
+    yardstick for all of them.
     """
     rates, ideal, actual = [], 0.0, 0.0
     for n, block in enumerate(report.blocks, start=1):

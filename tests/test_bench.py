@@ -360,7 +360,8 @@ def test_chunk_bench_counts_the_requested_rk4_steps(monkeypatch):
     monkeypatch.setattr(mod.tl.LocalFlowMatching, "transport", transport)
     case = mod.measure(2, 600, [256], [300], repeats=1, steps=3)
     assert case["nfe_per_row"] == 12 and case["rk4_steps"] == 3
-    assert {(s, k) for s, k, _ in calls} == {("rk4", 3)} and {c for *_, c in calls} == {300, mod.tl.LocalFlowMatching(2).default_chunk(), 2**19}
+    assert {(s, k) for s, k, _ in calls} == {("rk4", 3)}
+    assert {c for *_, c in calls} == {300, mod.tl.LocalFlowMatching(2).default_chunk(), 2**19}  # + default, 2^20/d
     assert all(r > 0 for r in [*case["bare_evals_per_s"].values(), *case["pushforward_evals_per_s"].values()])
     assert "RK4 x 3 per block" in mod.table([case])
 
