@@ -150,6 +150,8 @@ def lfm_description(recipe) -> str:
         text += "; each block trained on the OU pool (the exact OU marginal of the demos, no pushforward)"
     if recipe.free_share is not None:
         text += f"; the free block gets {recipe.free_share:g} of LFM's batches"
+    if recipe.block_batch == "split":
+        text += f"; each block takes batches of ceil({recipe.batch_size} / {recipe.blocks}) windows"
     return text
 
 

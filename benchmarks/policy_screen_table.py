@@ -8,7 +8,7 @@ checkpoint (same seed, same test states), the same difference at equal training 
 global flow's success at the wall time LFM's checkpoint took, interpolated along the global run's
 checkpoints; only where both methods ran in the same invocation, so under similar load), and the recipe fields that differ from the base
 variant's (``--base``, default the first by name; it comes first in the table). A variant run without the global flow (``--methods lfm``) borrows the global flow of a
-variant whose recipe is the same once ``pool``, ``shared``, ``free_share``, ``h0`` and ``rho`` are
+variant whose recipe is the same once ``pool``, ``shared``, ``free_share``, ``h0``, ``rho`` and ``block_batch`` are
 reset to their defaults: those knobs do not change the global policy, so its runs are the same. Recipes written
 before a knob existed get its default, which is what those runs did.
 
@@ -28,7 +28,7 @@ from torchcfm_local.bench.seeds import mean_se
 from torchcfm_local.policy.recipe import PolicyRecipe
 
 #: recipe knobs that change the LFM policy alone (``blocks`` is not one: it sets the global flow's width)
-LFM_ONLY = ("pool", "shared", "free_share", "h0", "rho")
+LFM_ONLY = ("pool", "shared", "free_share", "h0", "rho", "block_batch")
 
 
 def load(directory: Path, base: str = None) -> dict:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KNOBS = {"h0": 0.2, "rho": 1.25, "blocks": 3, "path": "linear", "network": "mlp", "activation": "softplus20",
          "n_freq": 1, "width": 16, "epochs": 1.0,
          "batch_size": 64, "lr": 3e-4, "weight_decay": 1e-4, "warmup": 2, "lr_decay": "cosine", "ema_decay": 0.9,
-         "pool": "ou", "shared": False, "free_share": 0.5}
+         "pool": "ou", "shared": False, "free_share": 0.5, "block_batch": "split"}
 
 
 def _flags(knobs):
@@ -69,9 +69,10 @@ def test_every_cli_knob_reaches_the_policy_and_its_file(demos, tmp_path, capsys,
     blocks = 3 if method == "lfm" else 1
     assert policy.flow.schedule == (tl.OUSchedule(0.2, 1.25, 3) if method == "lfm" else tl.OUSchedule.global_flow())
     n_windows = demos.action.shape[0]
-    per_block = math.ceil(n_windows / 64 / blocks)
+    block_batch = math.ceil(64 / blocks)  # block_batch="split"
+    per_block = math.ceil(n_windows / block_batch / blocks)
     expected = _free_share_split(3 * per_block, 3, 0.5) if blocks == 3 else per_block  # the knob reaches fit
-    assert options["batch_size"] == 64 and options["batches_per_block"] == expected, options["batches_per_block"]
+    assert options["batch_size"] == block_batch and options["batches_per_block"] == expected, options
     config = policy.flow.nets[0].config
     assert config["width"] >= 16 and config["activation"] == "softplus20" and config["n_freq"] == 1
     assert policy.network == "mlp"
@@ -272,6 +273,27 @@ def test_free_share_splits_lfm_batches_and_keeps_the_total(demos):
     assert abs(batches[0] - batches[1]) <= 1
     with pytest.raises(ValueError, match="free_share"):
         policy.fit(demos, epochs=1.0, free_share=1.5, progress=False)
+
+
+def test_split_block_batch_gives_every_lfm_block_the_global_flows_steps(demos):
+    recipe = PolicyRecipe(width=16, blocks=3, epochs=6.0, batch_size=32, block_batch="split")
+    lfm = build_policy("lfm", demos.obs_dims, demos.action.shape[1], recipe=recipe)
+    glob = build_policy("global", demos.obs_dims, demos.action.shape[1], recipe=recipe)
+    windows = demos.action.shape[0]
+    steps = math.ceil(recipe.epochs * windows / recipe.batch_size)  # the global flow's, batch 32
+    assert glob.batches_per_block(demos, recipe.epochs, recipe.batch_size, "split") == steps
+    per_block = math.ceil(recipe.epochs * windows / math.ceil(32 / 3) / 3)  # batches of 11 windows
+    assert lfm.batches_per_block(demos, recipe.epochs, recipe.batch_size, "split") == per_block
+    assert abs(per_block - steps) <= 2  # as many steps per block as the global flow, up to rounding
+    report = lfm.fit(demos, **recipe.fit_options(), seed=0, progress=False)
+    assert [block.batches for block in report.blocks] == [per_block] * 3
+    lfm = build_policy("lfm", demos.obs_dims, demos.action.shape[1], recipe=recipe)
+    same = lfm.fit(demos, **recipe.replace(block_batch="same").fit_options(), seed=0, progress=False)
+    assert [block.batches for block in same.blocks] == [math.ceil(recipe.epochs * windows / 32 / 3)] * 3
+    with pytest.raises(ValueError, match="block_batch"):
+        lfm.fit(demos, epochs=1.0, block_batch="half", progress=False)
+    with pytest.raises(ValueError, match="block_batch"):
+        PolicyRecipe(block_batch="half")
 
 
 def _load_nfe_bench():

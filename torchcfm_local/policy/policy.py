@@ -38,7 +38,7 @@ from ..solvers import ODEOptions
 from ..training.loop import OptimConfig, StepLoop
 from .demos import Demos, windows
 from .normalizer import Normalizer
-from .recipe import PolicyRecipe, check_free_share
+from .recipe import BLOCK_BATCHES, PolicyRecipe, check_free_share
 from .unet1d import ConditionalUnet1D
 
 __all__ = ["FlowPolicy", "RegressionPolicy", "load_policy", "DEFAULT_LFM_SCHEDULE", "POLICY_MLP"]
@@ -151,11 +151,13 @@ class _ChunkPolicy(nn.Module):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def batches_per_block(self, demos: Demos, epochs: float, batch_size: int) -> int:
+    def batches_per_block(self, demos: Demos, epochs: float, batch_size: int, block_batch: str = "same") -> int:
         """Optimizer steps per block that :meth:`fit` takes for ``epochs`` passes over the demos'
-        windows (one window per demo step) in batches of ``batch_size`` (capped at the windows)."""
+        windows (one window per demo step) in batches of ``batch_size`` (capped at the windows;
+        ``block_batch="split"``: of ``batch_size / n_blocks``, see :class:`PolicyRecipe`)."""
         n_windows = int(demos.action.shape[0])
-        return _epochs_to_batches(epochs, n_windows, min(batch_size, n_windows), self.n_blocks)
+        return _epochs_to_batches(epochs, n_windows, _block_batch_size(batch_size, n_windows, self.n_blocks,
+                                                                       block_batch), self.n_blocks)
 
     @property
     def n_blocks(self) -> int:
@@ -166,6 +168,15 @@ class _ChunkPolicy(nn.Module):
 def _epochs_to_batches(epochs: float, n_windows: int, batch_size: int, n_blocks: int) -> int:
     """Batches per block so that all blocks together see ``epochs`` passes over the windows."""
     return max(1, math.ceil(positive_float(epochs, "epochs") * n_windows / batch_size / n_blocks))
+
+
+def _block_batch_size(batch_size: int, n_windows: int, n_blocks: int, block_batch: str) -> int:
+    """Windows per optimizer step of each block: ``batch_size`` (``"same"``) or ``ceil(batch_size /
+    n_blocks)`` (``"split"``), capped at ``n_windows``."""
+    if block_batch not in BLOCK_BATCHES:
+        raise ValueError(f"block_batch must be one of {BLOCK_BATCHES}, got {block_batch!r}")
+    per_block = math.ceil(batch_size / n_blocks) if block_batch == "split" else batch_size
+    return min(per_block, n_windows)
 
 
 def _free_share_split(total: int, n_blocks: int, free_share: float) -> list[int]:
@@ -236,11 +247,13 @@ class FlowPolicy(_ChunkPolicy):
 
     def fit(self, demos: Demos, *, epochs: Optional[float] = None, batches_per_block: Optional[int] = None,
             batch_size: int = 256, lr: Optional[float] = None, cond_dropout: float = 0.0,
-            free_share: Optional[float] = None, **fit_kwargs) -> FitReport:
+            free_share: Optional[float] = None, block_batch: str = "same", **fit_kwargs) -> FitReport:
         """Train on the demos' windows. Give ``epochs`` (passes over all windows, spread evenly over
         the blocks) or ``batches_per_block``. ``free_share`` (in (0, 1); LFM only): the free block
         (the last) gets this share of all the blocks' batches and the others split the rest
-        equally, the total unchanged; ``None``: every block the same. Other keywords go to
+        equally, the total unchanged; ``None``: every block the same. ``block_batch``: ``"same"``
+        (every block takes ``batch_size`` windows per step) or ``"split"`` (``ceil(batch_size /
+        N)``; with ``epochs``, each block then takes the steps of a one-block flow). Other keywords go to
         :meth:`LocalFlowMatching.fit` (``seed``, ``checkpoint_dir``, ``resume``, ``lr_decay``, ``grad_clip``, ``progress``, ``pool``, ...;
         a ``shared`` policy needs ``pool="ou"`` and trains its blocks jointly, as many steps and rows in all).
         ``lr``: by default the policy's recipe's (:class:`PolicyRecipe`'s default when it has none),
@@ -248,7 +261,7 @@ class FlowPolicy(_ChunkPolicy):
         if lr is None:
             lr = (self.recipe or PolicyRecipe()).lr
         cond, actions = self._training_data(demos)
-        batch_size = min(batch_size, actions.shape[0])
+        batch_size = _block_batch_size(batch_size, actions.shape[0], self.n_blocks, block_batch)
         if (epochs is None) == (batches_per_block is None):
             raise ValueError("give exactly one of epochs and batches_per_block")
         if epochs is not None:
@@ -299,7 +312,7 @@ class RegressionPolicy(_ChunkPolicy):
     def fit(self, demos: Demos, *, epochs: float = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
             progress: bool = True, weight_decay: float = 0.0, warmup: int = 0, lr_decay: Optional[str] = None,
             ema_decay: Optional[float] = None, callback=None, pool: Optional[str] = None,
-            free_share: Optional[float] = None) -> list[float]:
+            free_share: Optional[float] = None, block_batch: Optional[str] = None) -> list[float]:
         """Fit the MLP by MSE on the demos' windows with :class:`~torchcfm_local.training.loop.StepLoop`:
         ``epochs`` passes over the windows in minibatches of ``batch_size`` windows
         ``(cond (B, To * Dobs), actions (B, H * Da))`` drawn with replacement from a generator
@@ -307,7 +320,7 @@ class RegressionPolicy(_ChunkPolicy):
         :class:`~torchcfm_local.training.loop.OptimConfig` say otherwise (``weight_decay > 0``:
         AdamW; ``warmup`` batches; ``lr_decay="cosine"``; ``ema_decay``: the EMA of the weights
         becomes the final weights). ``callback(step, loss)`` runs after every optimizer step.
-        ``pool`` and ``free_share`` are ignored: flow options, accepted so that
+        ``pool``, ``free_share`` and ``block_batch`` are ignored: flow options, accepted so that
         ``recipe.fit_options()`` fits every policy. Returns the loss of every step.
 
         Raises:

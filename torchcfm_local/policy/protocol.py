@@ -100,7 +100,7 @@ def train_checkpoints(method: str, demos, recipe: PolicyRecipe, epochs: Sequence
 def _snapshots(policy, demos, recipe: PolicyRecipe, epochs: list, seed: int, progress: bool) -> Iterator[Checkpoint]:
     """One run to ``max(epochs)``; the weights (EMA weights with an EMA) after each budget's batches."""
     module = policy.flow.nets[0] if isinstance(policy, FlowPolicy) else policy.net
-    targets = [(policy.batches_per_block(demos, e, recipe.batch_size), e) for e in epochs]
+    targets = [(policy.batches_per_block(demos, e, recipe.batch_size, recipe.block_batch), e) for e in epochs]
     # the trainer's EMA starts from the initial weights and is updated after every step: so is this one
     ema = None if recipe.ema_decay is None else EMA(module, float(recipe.ema_decay))
     saved, start = [], time.perf_counter()

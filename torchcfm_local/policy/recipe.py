@@ -24,7 +24,7 @@ from ..networks import ACTIVATIONS
 from ..schedule import OUSchedule
 from ..training.loop import OptimConfig
 
-__all__ = ["PolicyRecipe", "PATHS", "NETWORKS", "LR_DECAYS", "POOLS"]
+__all__ = ["PolicyRecipe", "PATHS", "NETWORKS", "LR_DECAYS", "POOLS", "BLOCK_BATCHES"]
 
 #: ``path`` values: torchcfm's trigonometric (variance-preserving) path or its linear (OT) path, both sigma = 0.
 PATHS = ("trig", "linear")
@@ -34,6 +34,8 @@ NETWORKS = ("mlp", "unet")
 LR_DECAYS = ("none", "cosine")
 #: ``pool`` values: where an LFM block's data side comes from (``LocalFlowMatching.fit``'s ``pool``).
 POOLS = ("pushforward", "ou")
+#: ``block_batch`` values: every LFM block takes ``batch_size`` windows per step, or ``batch_size / N``.
+BLOCK_BATCHES = ("same", "split")
 
 
 def _optional_float(text: str) -> Optional[float]:
@@ -120,6 +122,12 @@ class PolicyRecipe:
             rest; the total stays that of ``epochs``. The free block carries the mode choice (its
             data side is only partly noised), but giving it more than 1/N was no better in the
             recipe screen (``benchmarks/results/README.md``).
+        block_batch: ``"same"`` (every LFM block takes ``batch_size`` windows per optimizer step)
+            or ``"split"`` (each of the N blocks takes ``ceil(batch_size / N)``). At equal epochs
+            the blocks share the passes over the windows, so with ``"same"`` each block takes 1/N
+            of the global flow's optimizer steps; with ``"split"`` each takes as many as the global
+            flow, and all of them together still see the same windows. The global flow (one
+            block) and the regression baseline are the same either way.
     """
 
     h0: float = _knob(0.25, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
@@ -144,6 +152,8 @@ class PolicyRecipe:
                          "as the separate blocks (needs --pool ou)", _bool)
     free_share: Optional[float] = _knob(None, "share of LFM's batches for the free (last) block, e.g. 0.5 (none: "
                                         "equal shares)", _optional_float)
+    block_batch: str = _knob("same", "windows per step of each LFM block: same (batch_size) or split (batch_size / "
+                             "blocks: every block takes the global flow's optimizer steps)", choices=BLOCK_BATCHES)
 
     def __post_init__(self):
         positive_float(self.h0, "h0")
@@ -155,7 +165,7 @@ class PolicyRecipe:
         if not is_int(self.n_freq) or self.n_freq < 0:
             raise ValueError(f"n_freq must be an int >= 0, got {self.n_freq!r}")
         for name, allowed in (("path", PATHS), ("network", NETWORKS), ("lr_decay", LR_DECAYS), ("pool", POOLS),
-                              ("activation", tuple(sorted(ACTIVATIONS)))):
+                              ("activation", tuple(sorted(ACTIVATIONS))), ("block_batch", BLOCK_BATCHES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.network == "unet" and self.width % 32:
@@ -200,10 +210,10 @@ class PolicyRecipe:
 
     def fit_options(self) -> dict:
         """Keywords of ``FlowPolicy.fit`` and ``RegressionPolicy.fit`` (add ``seed`` and ``progress``);
-        ``pool`` and ``free_share`` are flow options, which ``RegressionPolicy.fit`` accepts and ignores."""
+        ``pool``, ``free_share`` and ``block_batch`` are flow options, which ``RegressionPolicy.fit`` accepts and ignores."""
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
                 "warmup": self.warmup, "lr_decay": self.decay, "ema_decay": self.optim.ema_decay, "pool": self.pool,
-                "free_share": self.free_share}
+                "free_share": self.free_share, "block_batch": self.block_batch}
 
     def replace(self, **changes) -> "PolicyRecipe":
         """A copy with ``changes`` (checked like a new recipe)."""
