@@ -44,6 +44,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODES = {"fixed8": {"pushforward_tol": None}, "tol": {}, "ou": {"pool": "ou"}, "global": {}}
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the ``resource`` module is missing). Large
+    temporary tensors that the allocator maps afresh each time fault on every new page."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def bare_forward_rate(net: torch.nn.Module, dim: int, rows: int, chunk: int, repeats: int = 3) -> float:
     """Network evaluations per second of a plain ``no_grad`` forward pass over ``rows`` points in chunks."""
     x, t = torch.randn(rows, dim), torch.rand(chunk)
@@ -111,16 +121,17 @@ def run_one(data, mode: str, path: str, seed: int, args) -> dict:
     report = lfm.fit(data.train, batches_per_block=batches, batch_size=args.batch_size, seed=seed,
                      progress=False, **MODES[mode])
     fit_s = time.perf_counter() - start
-    start = time.perf_counter()
+    faults, start = minor_faults(), time.perf_counter()
     nll = -float(lfm.log_prob(data.test, ode=EVAL_ODE).mean())
-    eval_s = time.perf_counter() - start
+    eval_s, eval_faults = time.perf_counter() - start, minor_faults() - faults
     train_s = sum(b.train_seconds for b in report.blocks)
     push_s = sum(b.pushforward_seconds for b in report.blocks)
     push_evals = sum(b.pushforward_nfe for b in report.blocks) * data.train.shape[0]
     probe_s = sum(b.pushforward_probe_seconds for b in report.blocks)
     total = fit_s + eval_s
     row = {"mode": mode, "path": path, "seed": seed, "test_nll": nll, "total_s": total, "train_s": train_s,
-           "push_s": push_s, "eval_s": eval_s, "push_eval_share": (push_s + eval_s) / total,
+           "push_s": push_s, "eval_s": eval_s, "eval_page_faults": eval_faults,
+           "push_eval_share": (push_s + eval_s) / total,
            "push_steps": [b.pushforward_steps for b in report.blocks],
            "push_error": [b.pushforward_error for b in report.blocks],
            "probe_s": probe_s, "push_rate": push_evals / (push_s - probe_s) if push_s else None,
@@ -154,14 +165,17 @@ def markdown(rows: list[dict], args, wide: Optional[dict] = None) -> str:
         lines.append(f"| {mode} | {path} | {_fmt(s['test_nll'], 4)} | {_fmt(s['total_s'], 1)} | {_fmt(s['train_s'], 1)} "
                      f"| {_fmt(s['push_s'], 1)} | {_fmt(s['eval_s'], 1)} | {_fmt(s['push_eval_share'], 2)} "
                      f"| {(sum(ratio) / len(ratio)) if ratio else float('nan'):.2f} | {len(group)} |")
-    lines += ["", "RK4 steps chosen per block (block 1 first; estimated RMS error relative to the block's OU noise "
-              "scale in brackets, largest over the blocks):", "", "| mode | path | seed | steps | max rel. error |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Per run: RK4 steps chosen per block (block 1 first) and the largest estimated RMS error relative "
+              "to a block's OU noise scale; the test-NLL evaluation's seconds and minor page faults (fresh memory "
+              "pages the process touched; '-' in runs recorded before they were counted):", "",
+              "| mode | path | seed | steps | max rel. error | eval s | eval page faults |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        if any(s is not None for s in r["push_steps"]):
-            errors = [e for e in r["push_error"] if e is not None]
-            lines.append(f"| {r['mode']} | {r['path']} | {r['seed']} | {', '.join(str(s) for s in r['push_steps'])} "
-                         f"| {max(errors):.2g} |")
+        pushed = any(s is not None for s in r["push_steps"])
+        steps = ", ".join(str(s) for s in r["push_steps"]) if pushed else "-"
+        error = f"{max(e for e in r['push_error'] if e is not None):.2g}" if pushed else "-"
+        faults = r.get("eval_page_faults")
+        lines.append(f"| {r['mode']} | {r['path']} | {r['seed']} | {steps} | {error} | {r['eval_s']:.1f} "
+                     f"| {'-' if faults is None else f'{faults:,}'} |")
     if wide:
         lines += ["", f"Pushforward pace on 63-d data (bsds300_patches, {wide['rows']} rows, 4 blocks, MLP 512x3, "
                   f"{args.wide_batches} batches of 500 per block): push/bare {wide['push_vs_bare']:.2f}, RK4 steps "

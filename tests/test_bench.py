@@ -405,3 +405,19 @@ def test_probe_small_data_nll_matches_the_bench_and_spacing_is_the_stated_ratio(
     d, h = float(gaps.min(1).values.median()), task.steps[0]
     assert row["median_nn"] == pytest.approx(d, rel=1e-9) and row["h1"] == h
     assert row["ratio"] == pytest.approx(math.exp(-2 * h) * d**2 / (2 * (1 - math.exp(-2 * h))))
+
+
+def test_speed_table_lists_every_run_with_its_evaluation_faults():
+    import argparse
+
+    mod = _load_benchmark("bench_speed")
+    base = {"test_nll": 2.0, "total_s": 100.0, "train_s": 50.0, "push_s": 20.0, "eval_s": 30.0,
+            "push_eval_share": 0.5, "push_vs_bare": 0.9}
+    rows = [{**base, "mode": "tol", "path": "linear", "seed": 0, "push_steps": [2, 1], "push_error": [0.004, 0.008]},
+            {**base, "mode": "ou", "path": "linear", "seed": 0, "push_steps": [None, None],
+             "push_error": [None, None], "push_s": 0.0, "push_vs_bare": None, "eval_page_faults": 77347}]
+    args = argparse.Namespace(n_train=10, n_test=5, width=8, batches=2, batch_size=4)
+    text = mod.markdown(rows, args)
+    assert "| tol | linear | 0 | 2, 1 | 0.008 | 30.0 | - |" in text  # recorded before faults were counted
+    assert "| ou | linear | 0 | - | - | 30.0 | 77,347 |" in text
+    assert mod.minor_faults() > 0

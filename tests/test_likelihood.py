@@ -406,3 +406,20 @@ def test_example_log_prob_torchcfm_runs_small():
     out = example.main(steps=50, n_test=500)
     assert abs(out["mass"] - 1.0) < 0.02, out
     assert out["nll"] < out["nll_prior"], out  # 50 steps already beat the untrained prior
+
+
+@pytest.mark.parametrize("dim,rows", [(2, 2048), (63, 2048), (3072, 42)])
+def test_log_prob_default_chunk_is_the_models_chunk_bounded_for_gradients(monkeypatch, dim, rows):
+    """Low-dimensional data no longer goes through log_prob in one huge chunk (2^17 / D rows: 65,536 for
+    D = 2), whose temporaries the CPU allocator maps afresh and faults on; wide data keeps ~2^17
+    numbers per chunk."""
+    import torchcfm_local as tl
+    import torchcfm_local.likelihood as lk
+
+    seen = []
+    monkeypatch.setattr(lk, "chain_log_prob_terms", lambda *a, chunk_size, **kw: seen.append(chunk_size))
+    lfm = tl.LocalFlowMatching(dim, tl.OUSchedule(0.5, 1.0, 2))
+    lfm.n_trained = lfm.n_blocks
+    lfm.log_prob_terms(torch.randn(3, dim))
+    lfm.log_prob_terms(torch.randn(3, dim), chunk_size=7)
+    assert seen == [min(lfm.default_chunk(), rows), 7] and min(lfm.default_chunk(), rows) == rows

@@ -350,7 +350,7 @@ class LocalFlowMatching(nn.Module):
             ode: ODE options (default: the model's).
             estimator: ``"exact"`` (full Jacobian trace) or ``"hutchinson"`` (one Rademacher probe
                 per sample and block, unbiased; for large dimensions).
-            chunk_size: samples per integration.
+            chunk_size: samples per integration (default: :meth:`default_chunk`, at most ``2^17 / D``).
             generator: random source of the Hutchinson probes.
             cond: ``(B, cond_dim)`` conditions (conditional models): the result is ``log p(x | cond)``.
 
@@ -363,7 +363,8 @@ class LocalFlowMatching(nn.Module):
         self._require_trained("evaluate log_prob")
         x = self.check_samples(x, "x")
         cond = self.check_cond(cond, x.shape[0])
-        chunk_size = positive_int(max(1, 2**17 // self.dim) if chunk_size is None else chunk_size, "chunk_size")
+        rows = min(self.default_chunk(), max(1, 2**17 // self.dim))  # with gradients: ~2^17 numbers per chunk
+        chunk_size = positive_int(rows if chunk_size is None else chunk_size, "chunk_size")
         c = None if cond is None else inputs.cond_input(cond)
         was_training = self.training
         self.eval()
