@@ -10,7 +10,7 @@ checkpoints; only where both methods ran in the same invocation, so under simila
 variant's (``--base``, default the first by name; it comes first in the table). A variant run without the global flow (``--methods lfm``) borrows the global flow of a
 variant whose recipe is the same once ``pool``, ``shared``, ``free_share``, ``h0``, ``rho`` and ``block_batch`` are
 reset to their defaults: those knobs do not change the global policy, so its runs are the same. Recipes written
-before a knob existed get its default, which is what those runs did.
+before a knob existed get the value those runs used (``PolicyRecipe.from_dict``).
 
     python benchmarks/policy_screen_table.py benchmarks/results/policy_screen --base lr1e-3
 """
@@ -37,7 +37,7 @@ def load(directory: Path, base: str = None) -> dict:
     for path in sorted(directory.glob("*/policy_*.json")):
         data = json.loads(path.read_text())
         results = dict(data["results"])
-        # files from before a knob existed lack it; its default is what those runs did
+        # files from before a knob existed lack it; from_dict fills in what those runs did
         results["recipe"] = PolicyRecipe.from_dict(results["recipe"]).to_dict()
         runs[path.parent.name] = {**results, "provenance": data["provenance"]}
     if not runs:

@@ -296,6 +296,14 @@ def test_split_block_batch_gives_every_lfm_block_the_global_flows_steps(demos):
         PolicyRecipe(block_batch="half")
 
 
+def test_recipe_files_from_before_block_batch_read_as_the_batch_they_trained_with():
+    old = PolicyRecipe().to_dict()
+    del old["block_batch"]  # written before the knob existed: every block took batch_size
+    assert PolicyRecipe.from_dict(old).block_batch == "same"
+    assert PolicyRecipe().block_batch == "split" and PolicyRecipe().ema_decay == 0.999
+    assert PolicyRecipe.from_dict(PolicyRecipe().to_dict()) == PolicyRecipe()
+
+
 def _load_nfe_bench():
     spec = importlib.util.spec_from_file_location("policy_nfe", ROOT / "benchmarks" / "bench_policy_nfe.py")
     mod = importlib.util.module_from_spec(spec)

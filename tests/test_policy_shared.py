@@ -45,10 +45,10 @@ def test_recipe_checks_defaults_and_old_dicts():
     for bad in ("yes", 1):
         with pytest.raises(ValueError, match="shared must be True or False"):
             PolicyRecipe(pool="ou", shared=bad)
-    # a policy file's recipe from before the knobs existed takes their defaults
+    # a policy file's recipe from before the knobs existed takes what those versions did
     old = {"h0": 0.2, "rho": 1.25, "blocks": 3, "path": "linear", "network": "mlp", "width": 16, "epochs": 1.0,
            "batch_size": 64, "lr": 3e-4, "weight_decay": 0.0, "warmup": 0, "lr_decay": "none", "ema_decay": None}
-    assert PolicyRecipe.from_dict(old) == PolicyRecipe(**old, pool="pushforward", shared=False)
+    assert PolicyRecipe.from_dict(old) == PolicyRecipe(**old, pool="pushforward", shared=False, block_batch="same")
     assert default.to_dict()["pool"] == "pushforward" and default.to_dict()["shared"] is False
     assert PolicyRecipe.from_dict(PolicyRecipe(**old).to_dict()) == PolicyRecipe(**old)
     written = json.loads(json.dumps(SHARED.to_dict()))

@@ -151,11 +151,13 @@ class _ChunkPolicy(nn.Module):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def batches_per_block(self, demos: Demos, epochs: float, batch_size: int, block_batch: str = "same") -> int:
+    def batches_per_block(self, demos: Demos, epochs: float, batch_size: int, block_batch: Optional[str] = None) -> int:
         """Optimizer steps per block that :meth:`fit` takes for ``epochs`` passes over the demos'
         windows (one window per demo step) in batches of ``batch_size`` (capped at the windows;
-        ``block_batch="split"``: of ``batch_size / n_blocks``, see :class:`PolicyRecipe`)."""
+        ``block_batch="split"``: of ``batch_size / n_blocks``, see :class:`PolicyRecipe`; default:
+        the policy's recipe's)."""
         n_windows = int(demos.action.shape[0])
+        block_batch = (self.recipe or PolicyRecipe()).block_batch if block_batch is None else block_batch
         return _epochs_to_batches(epochs, n_windows, _block_batch_size(batch_size, n_windows, self.n_blocks,
                                                                        block_batch), self.n_blocks)
 
@@ -247,7 +249,7 @@ class FlowPolicy(_ChunkPolicy):
 
     def fit(self, demos: Demos, *, epochs: Optional[float] = None, batches_per_block: Optional[int] = None,
             batch_size: int = 256, lr: Optional[float] = None, cond_dropout: float = 0.0,
-            free_share: Optional[float] = None, block_batch: str = "same", **fit_kwargs) -> FitReport:
+            free_share: Optional[float] = None, block_batch: Optional[str] = None, **fit_kwargs) -> FitReport:
         """Train on the demos' windows. Give ``epochs`` (passes over all windows, spread evenly over
         the blocks) or ``batches_per_block``. ``free_share`` (in (0, 1); LFM only): the free block
         (the last) gets this share of all the blocks' batches and the others split the rest
@@ -256,10 +258,13 @@ class FlowPolicy(_ChunkPolicy):
         N)``; with ``epochs``, each block then takes the steps of a one-block flow). Other keywords go to
         :meth:`LocalFlowMatching.fit` (``seed``, ``checkpoint_dir``, ``resume``, ``lr_decay``, ``grad_clip``, ``progress``, ``pool``, ...;
         a ``shared`` policy needs ``pool="ou"`` and trains its blocks jointly, as many steps and rows in all).
-        ``lr``: by default the policy's recipe's (:class:`PolicyRecipe`'s default when it has none),
-        so that a policy trained from Python and one trained by ``lfm-policy`` get the same rate."""
-        if lr is None:
-            lr = (self.recipe or PolicyRecipe()).lr
+        ``lr``, ``block_batch`` and ``ema_decay``: by default the policy's recipe's
+        (:class:`PolicyRecipe`'s defaults when it has none), so that a policy trained from Python
+        and one trained by ``lfm-policy`` get the same recipe."""
+        recipe = self.recipe or PolicyRecipe()
+        lr = recipe.lr if lr is None else lr
+        block_batch = recipe.block_batch if block_batch is None else block_batch
+        fit_kwargs.setdefault("ema_decay", recipe.optim.ema_decay)
         cond, actions = self._training_data(demos)
         batch_size = _block_batch_size(batch_size, actions.shape[0], self.n_blocks, block_batch)
         if (epochs is None) == (batches_per_block is None):

@@ -7,10 +7,10 @@ it to :func:`~torchcfm_local.policy.cli.build_policy` and train with
 :func:`~torchcfm_local.policy.load_policy`). Changing a default here changes it for both.
 
 The defaults are the recipe the policy benchmarks were first measured with, changed only on the
-evidence of a multi-seed screen (so far the learning rate and the schedule;
-``benchmarks/results/README.md``). They
-are neither the paper's robotics recipe (h0 = 0.15-0.2, rho = 1-1.25, the linear path) nor
-Diffusion Policy's (AdamW 1e-4 with weight decay, cosine decay after a warm-up, EMA).
+evidence of a multi-seed screen (so far the learning rate, the schedule, the LFM blocks' batch
+and the EMA; ``benchmarks/results/README.md``, "Policy recipe"). They are neither the paper's
+robotics recipe (h0 = 0.15-0.2, rho = 1-1.25, the linear path) nor Diffusion Policy's (AdamW 1e-4
+with weight decay, cosine decay after a warm-up, EMA), though they share its EMA.
 """
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ LR_DECAYS = ("none", "cosine")
 POOLS = ("pushforward", "ou")
 #: ``block_batch`` values: every LFM block takes ``batch_size`` windows per step, or ``batch_size / N``.
 BLOCK_BATCHES = ("same", "split")
+
+
+#: fields added to the recipe with a default that differs from what earlier versions did: the value a
+#: recipe written before the field existed was trained with (:meth:`PolicyRecipe.from_dict`)
+BEFORE_FIELD = {"block_batch": "same"}
 
 
 def _optional_float(text: str) -> Optional[float]:
@@ -94,9 +99,11 @@ class PolicyRecipe:
             of 32) and of the regression MLP.
         epochs: passes over the demo windows, spread evenly over the blocks (equal epochs for
             every method).
-        batch_size: windows per optimizer step (capped at the number of windows).
-        lr: peak learning rate. Default 3e-3: at equal epochs each of LFM's N blocks takes 1/N of
-            the optimizer steps, and at 1e-3 the LFM policies were still far from converged. The
+        batch_size: windows per optimizer step (capped at the number of windows); an LFM block's
+            is ``batch_size / N`` with ``block_batch="split"``.
+        lr: peak learning rate. Default 3e-3: chosen when each of LFM's N blocks took 1/N of the
+            optimizer steps (``block_batch="same"``); at 1e-3 the LFM policies were still far from
+            converged, and with split batches 1e-3 was slower for both methods too. The
             evidence is the 3-seed recipe screen on the point task and its confirmation on Lift
             (``benchmarks/results/policy_screen/screen.md`` and ``policy_screen_lift/screen.md``):
             3e-3 was the global flow's best rate there (or as good as 1e-3) and LFM's best at
@@ -104,8 +111,11 @@ class PolicyRecipe:
         weight_decay: decoupled weight decay; AdamW when > 0, else Adam.
         warmup: batches of linear learning-rate warm-up at the start of every block.
         lr_decay: ``"none"`` (constant) or ``"cosine"`` (to 0 over every block).
-        ema_decay: ``None`` (off) or a decay in (0, 1), e.g. 0.999: an exponential moving average
-            of each block's weights becomes its final weights.
+        ema_decay: ``None`` (off) or a decay in (0, 1): an exponential moving average of each
+            block's weights becomes its final weights (its decay warms up over the first steps,
+            :class:`~torchcfm_local.training.loop.OptimConfig`). Default 0.999, as in Diffusion
+            Policy; chosen with ``block_batch="split"`` (below), whose smaller batches give noisier
+            steps.
         pool: where each LFM block's data side comes from (``LocalFlowMatching.fit``'s ``pool``):
             ``"pushforward"`` (default, the paper's Algorithm 1: the demos pushed through the
             blocks trained before it, one block after another) or ``"ou"`` (the exact OU marginal
@@ -127,7 +137,12 @@ class PolicyRecipe:
             the blocks share the passes over the windows, so with ``"same"`` each block takes 1/N
             of the global flow's optimizer steps; with ``"split"`` each takes as many as the global
             flow, and all of them together still see the same windows. The global flow (one
-            block) and the regression baseline are the same either way.
+            block) and the regression baseline are the same either way. Default ``"split"``:
+            with the EMA it was LFM's best recipe on the point, Lift and Can tasks (3 seeds each,
+            ``benchmarks/results/policy_screen*/screen.md``), mostly at the early checkpoints,
+            where LFM's blocks had been step-starved. Its cost: at equal epochs LFM's training
+            takes more wall time than with ``"same"`` (smaller batches, as many steps per block
+            as the global flow).
     """
 
     h0: float = _knob(0.25, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
@@ -145,14 +160,14 @@ class PolicyRecipe:
     weight_decay: float = _knob(0.0, "AdamW weight decay (0: Adam)", float)
     warmup: int = _knob(0, "batches of linear learning-rate warm-up at the start of every block", int)
     lr_decay: str = _knob("none", "learning-rate decay over every block", choices=LR_DECAYS)
-    ema_decay: Optional[float] = _knob(None, "EMA decay of the weights, e.g. 0.999 (none: off)", _optional_float)
+    ema_decay: Optional[float] = _knob(0.999, "EMA decay of the weights (none: off)", _optional_float)
     pool: str = _knob("pushforward", "data side of each LFM block: pushforward (through the trained blocks) or ou "
                       "(exact OU marginal, blocks independent)", choices=POOLS)
     shared: bool = _knob(False, "true: one network with a block embedding for all LFM blocks, as many parameters "
                          "as the separate blocks (needs --pool ou)", _bool)
     free_share: Optional[float] = _knob(None, "share of LFM's batches for the free (last) block, e.g. 0.5 (none: "
                                         "equal shares)", _optional_float)
-    block_batch: str = _knob("same", "windows per step of each LFM block: same (batch_size) or split (batch_size / "
+    block_batch: str = _knob("split", "windows per step of each LFM block: same (batch_size) or split (batch_size / "
                              "blocks: every block takes the global flow's optimizer steps)", choices=BLOCK_BATCHES)
 
     def __post_init__(self):
@@ -225,12 +240,14 @@ class PolicyRecipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PolicyRecipe":
-        """Read :meth:`to_dict`'s output; fields it lacks (written by older versions) take today's defaults."""
+        """Read :meth:`to_dict`'s output. A field it lacks (written by an older version) takes the
+        value those versions trained with: :data:`BEFORE_FIELD` where the default changed since,
+        today's default otherwise."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown recipe fields {unknown}; this version knows {sorted(known)}")
-        return cls(**data)
+        return cls(**{**BEFORE_FIELD, **data})
 
     # ------------------------------------------------------------------ command line
     @classmethod
