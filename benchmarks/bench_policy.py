@@ -14,7 +14,7 @@ Writes ``benchmarks/results/policy_<task>.{json,md,png}`` (``policy_<task>_unet`
     python benchmarks/bench_policy.py --task lift --width 256 --seeds 1 # robosuite: lift, can, square, pillar ([robot] extra)
 
 Every recipe flag (``--h0 --rho --blocks --path --network --activation --n-freq --width --epochs
---batch-size --lr --weight-decay --warmup --lr-decay --ema-decay --pool --shared --free-share``) and its default comes from
+--batch-size --lr --weight-decay --warmup --lr-decay --ema-decay --pool --shared --free-share --block-batch``) and its default comes from
 :class:`torchcfm_local.policy.recipe.PolicyRecipe`, as in ``lfm-policy train``.
 
 Protocol (:mod:`torchcfm_local.policy.protocol`, Diffusion Policy's): one demo set (``--demos``
