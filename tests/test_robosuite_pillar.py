@@ -72,3 +72,36 @@ def test_pillar_expert_succeeds_in_both_modes():
     task = make_env("pillar")
     task.reset(6, seed=0)
     assert list(task.expert(0).side) == sides  # the expert's random choice is the side it passed on
+
+
+def _outcomes_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "pillar_outcomes.py"
+    spec = importlib.util.spec_from_file_location("pillar_outcomes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pillar_outcomes_classify_paths():
+    classify = _outcomes_script().classify
+    t = np.linspace(0, 1, 50)[:, None]
+    rest = np.array([-0.16, 0.0, 0.82])
+    # lifted, then straight at the pillar until it is touched: head-on, no side, never left the centre line
+    lifted = rest + t * np.array([0.13, 0.0, 0.08])
+    straight = classify(lifted, lifted + [0, 0, 0.02], touched=True, success=False)
+    assert straight == {"outcome": "touched, head-on", "side": 0, "choice_x": None}
+    # lifted, sideways at the staging point to y = -0.2, then past the pillar, not set down
+    side = np.concatenate([rest + t * [0, -0.2, 0.08], rest + [0, -0.2, 0.08] + t * [0.3, 0, 0]])
+    passed = classify(side, side, touched=False, success=False)
+    assert passed["outcome"] == "passed, not set down" and passed["side"] == -1
+    assert passed["choice_x"] == pytest.approx(-0.16)
+    # a touch far off the centre line; a grasp that never lifts; a success wins over everything
+    assert classify(side[:60], side[:60], touched=True, success=False)["outcome"] == "touched, beside"
+    assert classify(side, side, touched=True, success=False)["outcome"] == "touched, past it"
+    still = np.repeat(rest[None], 50, axis=0)
+    assert classify(still, still, touched=False, success=False)["outcome"] == "not lifted"
+    assert classify(side, side, touched=False, success=True)["outcome"] == "success"
+    assert classify(lifted, lifted, touched=False, success=False)["outcome"] == "stalled"
