@@ -18,7 +18,8 @@ budget (``--epochs``), rolls each policy out on the same ``--episodes`` test sta
 
 Also per episode: the side the cube passed on (``passed_side``) and where the rollout chose a
 side: the gripper's x when its |y| first exceeds 3 cm after the lift (the expert turns sideways
-at the staging point, x = -0.16; the pillar's front face is at x = -0.03). Writes
+at the staging point, x = -0.16; the pillar's front face is at x = -0.03), and whether it switched
+sides on the way (off the centre line on both sides before getting past the pillar). Writes
 ``benchmarks/results/pillar_outcomes.{json,md,png}`` (the figure: the gripper's paths, top view,
 coloured by outcome, first training seed).
 
@@ -54,15 +55,20 @@ CHOICE_Y = 0.03  #: |gripper y| (m) that marks the side chosen
 def classify(cube: np.ndarray, eef: np.ndarray, touched: bool, success: bool) -> dict:
     """One episode's outcome from its cube and gripper paths ``(T, 3)`` (frames after the episode
     ended repeat its last state): ``outcome`` (one of :data:`OUTCOMES`), ``side`` (+1 left, -1
-    right, 0 never beside the pillar) and ``choice_x`` (the gripper's x when it first left the
-    centre line by :data:`CHOICE_Y` after the lift; None if it never did)."""
+    right, 0 never beside the pillar), ``choice_x`` (the gripper's x when it first left the
+    centre line by :data:`CHOICE_Y` after the lift; None if it never did) and ``switched``
+    (after the lift and before its gripper got past the pillar, the rollout was more than
+    :data:`CHOICE_Y` off the centre line on both sides: it changed its mode on the way)."""
     lifted = cube[:, 2] > LIFTED_Z
     side = passed_side(cube)
     after = np.flatnonzero(lifted)
-    choice_x = None
+    choice_x, switched = None, False
     if after.size:
         off = np.flatnonzero(np.abs(eef[after[0]:, 1]) > CHOICE_Y)
         choice_x = float(eef[after[0] + off[0], 0]) if off.size else None
+        way = eef[after[0]:]
+        way = way[way[:, 0] <= PILLAR_CENTER[0] + PILLAR_HALF[0]]
+        switched = bool((way[:, 1] > CHOICE_Y).any() and (way[:, 1] < -CHOICE_Y).any())
     if success:
         outcome = "success"
     elif touched:
@@ -76,7 +82,7 @@ def classify(cube: np.ndarray, eef: np.ndarray, touched: bool, success: bool) ->
         outcome = "passed, not set down"
     else:
         outcome = "stalled"
-    return {"outcome": outcome, "side": side, "choice_x": choice_x}
+    return {"outcome": outcome, "side": side, "choice_x": choice_x, "switched": switched}
 
 
 def run(args, recipe: PolicyRecipe) -> tuple[list[dict], dict]:
@@ -117,6 +123,9 @@ def summarize(rows: list[dict], methods, seeds: int) -> dict:
             "sides": {"left": share(lambda r: r["side"] == 1), "right": share(lambda r: r["side"] == -1)},
             "choice_x": _mean_se_or_none([float(np.mean(c)) for c in choices if c]),
             "no_choice": share(lambda r: r["choice_x"] is None),
+            "switched": share(lambda r: r["switched"]),
+            "touched": sum(r["outcome"].startswith("touched") for rs in per_seed for r in rs),
+            "touched_switched": sum(r["outcome"].startswith("touched") and r["switched"] for rs in per_seed for r in rs),
         }
     return out
 
@@ -156,18 +165,22 @@ def _pm(stat) -> str:
 
 
 def table(summary: dict, args, recipe: PolicyRecipe, demos: dict) -> str:
-    head = ["method", *OUTCOMES, "passed left", "passed right", "gripper x at side choice"]
+    head = ["method", *OUTCOMES, "passed left", "passed right", "switched sides", "gripper x at side choice"]
     lines = [f"## pillar task: outcome of each rollout, share of {args.episodes} test states, mean ± SE over "
              f"{args.seeds} training seed(s)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in summary.items():
-        cells = [_pm(row["outcomes"][o]) for o in OUTCOMES] + [_pm(row["sides"]["left"]), _pm(row["sides"]["right"])]
+        cells = [_pm(row["outcomes"][o]) for o in OUTCOMES] + [_pm(row["sides"]["left"]), _pm(row["sides"]["right"]),
+                                                               _pm(row["switched"])]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {_pm(row['choice_x'])} |")
     lines += ["", f"Training: {demos['episodes_kept']} expert demos (seed 0), {recipe.epochs:g} epochs, recipe "
               f"`{recipe.to_dict()}`. Head-on: touched before the gripper got past the pillar, within "
               f"{HEAD_ON_Y * 100:.0f} cm of y = 0; past it: touched with the gripper beyond the pillar's back face. "
               f"Side choice: the gripper's x when its |y| first exceeds {CHOICE_Y * 100:.0f} cm after the lift "
               "(the expert's staging point is x = -0.16; the pillar spans x = -0.03 .. 0.03). "
-              "Figure: `pillar_outcomes.png`."]
+              f"Switched sides: more than {CHOICE_Y * 100:.0f} cm off y = 0 on both sides between the lift and "
+              "the pillar's back face. Touched rollouts that had switched sides (all seeds): "
+              + "; ".join(f"{m} {row['touched_switched']} of {row['touched']}" for m, row in summary.items())
+              + ". Figure: `pillar_outcomes.png`."]
     return "\n".join(lines)
 
 

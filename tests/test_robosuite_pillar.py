@@ -92,12 +92,15 @@ def test_pillar_outcomes_classify_paths():
     # lifted, then straight at the pillar until it is touched: head-on, no side, never left the centre line
     lifted = rest + t * np.array([0.13, 0.0, 0.08])
     straight = classify(lifted, lifted + [0, 0, 0.02], touched=True, success=False)
-    assert straight == {"outcome": "touched, head-on", "side": 0, "choice_x": None}
+    assert straight == {"outcome": "touched, head-on", "side": 0, "choice_x": None, "switched": False}
     # lifted, sideways at the staging point to y = -0.2, then past the pillar, not set down
     side = np.concatenate([rest + t * [0, -0.2, 0.08], rest + [0, -0.2, 0.08] + t * [0.3, 0, 0]])
     passed = classify(side, side, touched=False, success=False)
     assert passed["outcome"] == "passed, not set down" and passed["side"] == -1
-    assert passed["choice_x"] == pytest.approx(-0.16)
+    assert passed["choice_x"] == pytest.approx(-0.16) and not passed["switched"]
+    # out to the left, back across the centre line to the right, then past the pillar: a switch
+    zigzag = np.concatenate([rest + t * [0, 0.1, 0.08], rest + [0.05, 0.1, 0.08] + t * [0, -0.3, 0], side[50:]])
+    assert classify(zigzag, zigzag, touched=False, success=False)["switched"]
     # a touch far off the centre line; a grasp that never lifts; a success wins over everything
     assert classify(side[:60], side[:60], touched=True, success=False)["outcome"] == "touched, beside"
     assert classify(side, side, touched=True, success=False)["outcome"] == "touched, past it"
