@@ -180,7 +180,7 @@ def table(summary: dict, args, recipe: PolicyRecipe, demos: dict) -> str:
               f"Switched sides: more than {CHOICE_Y * 100:.0f} cm off y = 0 on both sides between the lift and "
               "the pillar's back face. Touched rollouts that had switched sides (all seeds): "
               + "; ".join(f"{m} {row['touched_switched']} of {row['touched']}" for m, row in summary.items())
-              + ". Figure: `pillar_outcomes.png`."]
+              + f". Figure: `{args.name}.png`."]
     return "\n".join(lines)
 
 
@@ -199,6 +199,8 @@ def main(argv=None) -> int:
     args.methods = [m for m in args.methods.split(",") if m]
     if not args.methods or any(m not in METHODS for m in args.methods):
         parser.error(f"--methods takes a comma-separated subset of {','.join(METHODS)}")
+    if min(args.demos, args.demo_batch, args.seeds, args.episodes) < 1:
+        parser.error("--demos, --demo-batch, --seeds and --episodes must be >= 1")
     recipe = PolicyRecipe.from_args(args)
     rows, extra = run(args, recipe)
     summary = summarize(rows, args.methods, args.seeds)

@@ -108,3 +108,9 @@ def test_pillar_outcomes_classify_paths():
     assert classify(still, still, touched=False, success=False)["outcome"] == "not lifted"
     assert classify(side, side, touched=False, success=True)["outcome"] == "success"
     assert classify(lifted, lifted, touched=False, success=False)["outcome"] == "stalled"
+
+
+def test_pillar_outcomes_refuses_bad_counts(capsys):
+    with pytest.raises(SystemExit):
+        _outcomes_script().main(["--episodes", "0"])
+    assert "--episodes must be >= 1" in capsys.readouterr().err
