@@ -5,6 +5,7 @@ import math
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher, VariancePreservingConditionalFlowMatcher
@@ -336,3 +337,28 @@ def test_policy_nfe_bench_gives_both_flows_equal_nfe(tmp_path):
         assert nfe == {12.0 * k}
     assert all(r["latency_s"] > 0 for r in result["records"])
     assert "Smallest NFE that keeps the success" in (tmp_path / "policy_nfe_point.md").read_text()
+
+
+def _chunk_error_script():
+    spec = importlib.util.spec_from_file_location("chunk_error", ROOT / "benchmarks" / "policy_chunk_error.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_policy_chunk_error_holds_out_whole_episodes_and_scores_methods(tmp_path):
+    script = _chunk_error_script()
+    demos = collect_demos("point", 5, seed=0)
+    train, held = script.split_episodes(demos, 0.4)
+    assert (train.n_episodes, held.n_episodes) == (3, 2)
+    assert np.array_equal(np.concatenate([train.action, held.action]), demos.action)
+    assert held.episode_ends[-1] == len(held.action) and train.episode_ends[-1] == len(train.action)
+    with pytest.raises(ValueError, match="holdout"):
+        script.split_episodes(demos, 1.0)
+    assert script.main(["--task", "point", "--demos", "6", "--epochs", "1", "--width", "16", "--seeds", "2",
+                        "--windows", "40", "--methods", "global,regression", "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "policy_chunk_error_point.json").read_text())["results"]
+    assert [r["method"] for r in out["runs"]] == ["global", "regression"] * 2
+    assert all(np.isfinite(r["mse"]) and r["mse"] > 0 and len(r["mse_per_dim"]) == 2 for r in out["runs"])
+    assert out["summary"]["regression - global"]["values"] == pytest.approx(
+        [b["mse"] - a["mse"] for a, b in zip(out["runs"][::2], out["runs"][1::2])])
