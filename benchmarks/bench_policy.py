@@ -40,6 +40,7 @@ import torch
 
 from torchcfm_local.bench.report import write_results
 from torchcfm_local.policy import TASKS, collect_demos, make_env
+from torchcfm_local.policy.cli import parse_methods
 from torchcfm_local.policy.policy import POLICY_RK4_STEPS
 from torchcfm_local.policy.protocol import checkpoint_epochs, run_protocol, summarize
 from torchcfm_local.policy.recipe import PolicyRecipe
@@ -69,10 +70,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, PolicyRecipe]:
     if "--quick" in argv:
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods or any(m not in METHODS for m in methods):
-        parser.error(f"--methods takes a comma-separated subset of {','.join(METHODS)}, got {args.methods!r}")
-    args.methods = methods
+    try:
+        args.methods = parse_methods(args.methods, METHODS)
+    except ValueError as err:
+        parser.error(str(err))
     if args.seeds < 1 or args.episodes < 1 or args.last < 1 or args.demos < 1 or args.demo_batch < 1:
         parser.error("--seeds, --episodes, --last, --demos and --demo-batch must be >= 1")
     try:

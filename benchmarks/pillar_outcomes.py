@@ -37,6 +37,7 @@ import numpy as np
 from torchcfm_local.bench.report import write_results
 from torchcfm_local.bench.seeds import mean_se
 from torchcfm_local.policy import collect_demos, make_env
+from torchcfm_local.policy.cli import parse_methods
 from torchcfm_local.policy.protocol import train_checkpoints
 from torchcfm_local.policy.recipe import PolicyRecipe
 from torchcfm_local.policy.rollout import evaluate
@@ -196,9 +197,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     PolicyRecipe.add_arguments(parser)
     args = parser.parse_args(argv)
-    args.methods = [m for m in args.methods.split(",") if m]
-    if not args.methods or any(m not in METHODS for m in args.methods):
-        parser.error(f"--methods takes a comma-separated subset of {','.join(METHODS)}")
+    try:
+        args.methods = parse_methods(args.methods, METHODS)
+    except ValueError as err:
+        parser.error(str(err))
     if min(args.demos, args.demo_batch, args.seeds, args.episodes) < 1:
         parser.error("--demos, --demo-batch, --seeds and --episodes must be >= 1")
     recipe = PolicyRecipe.from_args(args)

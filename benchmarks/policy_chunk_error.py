@@ -28,6 +28,7 @@ from torchcfm_local.bench.report import write_results
 from torchcfm_local.bench.seeds import mean_se
 from torchcfm_local.policy import TASKS, collect_demos
 from torchcfm_local.policy.demos import Demos, windows
+from torchcfm_local.policy.cli import parse_methods
 from torchcfm_local.policy.protocol import train_checkpoints
 from torchcfm_local.policy.recipe import PolicyRecipe
 
@@ -107,9 +108,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     PolicyRecipe.add_arguments(parser)
     args = parser.parse_args(argv)
-    args.methods = [m for m in args.methods.split(",") if m]
-    if not args.methods or any(m not in METHODS for m in args.methods):
-        parser.error(f"--methods takes a comma-separated subset of {','.join(METHODS)}")
+    try:
+        args.methods = parse_methods(args.methods, METHODS)
+    except ValueError as err:
+        parser.error(str(err))
     if min(args.demos, args.demo_batch, args.windows, args.seeds) < 1:
         parser.error("--demos, --demo-batch, --windows and --seeds must be >= 1")
     recipe = PolicyRecipe.from_args(args)

@@ -9,6 +9,7 @@ import torchcfm_local as tl
 from torchcfm_local.bench import main
 from torchcfm_local.bench.protocol import matched_width, mlp_params
 from torchcfm_local.bench.report import first_crossing as _crossing
+from bench_scripts import load_benchmark
 
 
 def test_smoke_run_writes_results(tmp_path, capsys):
@@ -186,19 +187,8 @@ def test_block_batches_split_and_variant_tasks():
     assert math.isfinite(run.result["summary"][0]["test_nll"])
 
 
-def _load_benchmark(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_ablation_script_smoke(tmp_path):
-    mod = _load_benchmark("bench_ablation")
+    mod = load_benchmark("bench_ablation")
     # the global flows come from an lfm-bench run of the same task, budget and seed
     assert main(["run", "8gaussians", "--budget", "smoke", "--methods", "global-linear,global-trig",
                  "--out", str(tmp_path), "--no-progress", "--no-figures"]) == 0
@@ -219,7 +209,7 @@ def test_ablation_script_smoke(tmp_path):
 
 
 def test_diagnose_samples_smoke(tmp_path):
-    mod = _load_benchmark("diagnose_samples")
+    mod = load_benchmark("diagnose_samples")
     assert mod.main(["--task", "8gaussians", "--budget", "smoke", "--n", "100", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "diagnose_8gaussians_smoke.json").read_text())["results"]
     assert [r["method"] for r in data["rows"]] == ["global-linear", "lfm-linear"]
@@ -297,7 +287,7 @@ def test_with_steps_keeps_total_parameters_and_batches():
 
 
 def test_recipe_table_pairs_each_variant_with_the_first_by_seed():
-    mod = _load_benchmark("bench_recipe")
+    mod = load_benchmark("bench_recipe")
 
     def rec(variant, seed, nll):
         run = {"test_nll": nll, "energy_distance": 0.1, "sample_nfe": 10.0}
@@ -314,7 +304,7 @@ def test_recipe_table_pairs_each_variant_with_the_first_by_seed():
 def test_recipe_render_rewrites_the_table_and_keeps_the_runs(tmp_path):
     from torchcfm_local.bench.report import write_results
 
-    mod = _load_benchmark("bench_recipe")
+    mod = load_benchmark("bench_recipe")
     run = {"test_nll": 2.0, "energy_distance": 0.1, "sample_nfe": 10.0}
     records = [{"task": "tree", "variant": "base", "seed": 0, "final": {"lfm-trig": run}}]
     write_results(tmp_path, "screen", {"budget": "quick", "records": records}, "old table")
@@ -329,7 +319,7 @@ def test_recipe_render_rewrites_the_table_and_keeps_the_runs(tmp_path):
 def test_speed_global_mode_has_the_parameters_and_batches_of_the_nine_blocks():
     import argparse
 
-    mod = _load_benchmark("bench_speed")
+    mod = load_benchmark("bench_speed")
     args = argparse.Namespace(width=32, batches=10)
     glob, glob_batches = mod.build("global", "trig", args)
     lfm, lfm_batches = mod.build("tol", "trig", args)
@@ -340,7 +330,7 @@ def test_speed_global_mode_has_the_parameters_and_batches_of_the_nine_blocks():
 
 
 def test_kernel_bench_times_both_activations(monkeypatch):
-    mod = _load_benchmark("bench_kernels")
+    mod = load_benchmark("bench_kernels")
     monkeypatch.setattr(mod, "best_of", lambda fns, rounds: {name: (fn(), 1e-3)[1] for name, fn in fns.items()})
     rows = mod.activation_rows(rounds=1)
     assert {r["implementation"] for r in rows} == set(mod.IMPLEMENTATIONS) and len(rows) == 12
@@ -349,7 +339,7 @@ def test_kernel_bench_times_both_activations(monkeypatch):
 
 
 def test_chunk_bench_counts_the_requested_rk4_steps(monkeypatch):
-    mod = _load_benchmark("bench_chunk")
+    mod = load_benchmark("bench_chunk")
     calls = []
     real = mod.tl.LocalFlowMatching.transport
 
@@ -367,7 +357,7 @@ def test_chunk_bench_counts_the_requested_rk4_steps(monkeypatch):
 
 
 def test_probe_small_data_smoke(tmp_path):
-    mod = _load_benchmark("probe_small_data")
+    mod = load_benchmark("probe_small_data")
     assert mod.main(["--task", "8gaussians", "--budget", "smoke", "--n-eval", "50", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "small_data.json").read_text())["results"]["rows"]
     assert [r["variant"] for r in rows] == list(mod.VARIANTS)
@@ -387,7 +377,7 @@ def test_probe_small_data_smoke(tmp_path):
 
 
 def test_probe_small_data_nll_matches_the_bench_and_spacing_is_the_stated_ratio(tmp_path):
-    mod = _load_benchmark("probe_small_data")
+    mod = load_benchmark("probe_small_data")
     x = torch.randn(64, 2)
     model = tl.LocalFlowMatching(2, tl.OUSchedule.from_steps([0.3]), velocity_factory=lambda n: tl.MLP(2, width=16))
     model.fit(x, batches_per_block=3, batch_size=16, seed=0, progress=False)
@@ -410,7 +400,7 @@ def test_probe_small_data_nll_matches_the_bench_and_spacing_is_the_stated_ratio(
 def test_speed_table_lists_every_run_with_its_evaluation_faults():
     import argparse
 
-    mod = _load_benchmark("bench_speed")
+    mod = load_benchmark("bench_speed")
     base = {"test_nll": 2.0, "total_s": 100.0, "train_s": 50.0, "push_s": 20.0, "eval_s": 30.0,
             "push_eval_share": 0.5, "push_vs_bare": 0.9}
     rows = [{**base, "mode": "tol", "path": "linear", "seed": 0, "push_steps": [2, 1], "push_error": [0.004, 0.008]},

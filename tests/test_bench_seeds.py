@@ -8,6 +8,7 @@ import pytest
 from torchcfm_local.bench import main
 from torchcfm_local.bench.report import first_crossing, summarize
 from torchcfm_local.bench.seeds import aggregate, check_seeds, default_seeds, parse_seeds, seeds_table
+from bench_scripts import load_benchmark
 
 METHODS = "global-trig,global-linear,lfm-linear"
 
@@ -233,22 +234,10 @@ def test_resume_refuses_other_runs(tiny, tmp_path, capsys):
     assert "a run with a different budget than this one" in capsys.readouterr().err
 
 
-def _status_module():
-    """``benchmarks/status_table.py`` loaded as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "status_table.py"
-    spec = importlib.util.spec_from_file_location("status_table", path)
-    status = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(status)
-    return status
-
-
 def test_status_table_from_seed_aggregates(tmp_path, capsys):
     from torchcfm_local.bench.seeds import seeds_record
 
-    status = _status_module()
+    status = load_benchmark("status_table")
     record = dict(seeds_record([_synthetic(s, d) for s, d in zip((0, 5, 9), [0.0, 1.0, 3.0])]), dim=2)
     (tmp_path / "toy_smoke").mkdir()
     (tmp_path / "toy_smoke" / "results.json").write_text(json.dumps({"provenance": {}, "results": record}))
@@ -277,7 +266,7 @@ def test_status_table_from_seed_aggregates(tmp_path, capsys):
 def test_status_table_reads_tasks_from_several_directories(tmp_path, capsys):
     from torchcfm_local.bench.seeds import seeds_record
 
-    status = _status_module()
+    status = load_benchmark("status_table")
     record = dict(seeds_record([_synthetic(s, d) for s, d in zip((0, 5, 9), [0.0, 1.0, 3.0])]), dim=2)
     standardized = json.loads(json.dumps(record))
     standardized["task"]["fit"] = {"standardize": "diagonal"}

@@ -1,9 +1,7 @@
 """The policy recipe (every knob reaches the policy and its file) and Diffusion Policy's evaluation protocol."""
-import importlib.util
 import json
 import math
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +14,8 @@ from torchcfm_local.policy.policy import DEFAULT_LFM_SCHEDULE, _free_share_split
 from torchcfm_local.policy.cli import build_policy, main as cli_main
 from torchcfm_local.policy.protocol import checkpoint_epochs, summarize, train_checkpoints
 from torchcfm_local.policy.recipe import PolicyRecipe
+from bench_scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 #: every knob away from its default
 KNOBS = {"h0": 0.2, "rho": 1.25, "blocks": 3, "path": "linear", "network": "mlp", "activation": "softplus20",
          "n_freq": 1, "width": 16, "epochs": 1.0,
@@ -32,13 +30,6 @@ def _flags(knobs):
 @pytest.fixture(scope="module")
 def demos():
     return collect_demos("point", 6, seed=0)
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_policy", ROOT / "benchmarks" / "bench_policy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture
@@ -80,9 +71,9 @@ def test_every_cli_knob_reaches_the_policy_and_its_file(demos, tmp_path, capsys,
 
 
 def test_bench_reads_the_same_flags():
-    args, recipe = _load_bench().parse_args(_flags(KNOBS))
+    args, recipe = load_benchmark("bench_policy").parse_args(_flags(KNOBS))
     assert recipe == PolicyRecipe(**KNOBS) and args.seeds == 3 and args.episodes == 50
-    args, recipe = _load_bench().parse_args([])
+    args, recipe = load_benchmark("bench_policy").parse_args([])
     assert recipe == PolicyRecipe()
 
 
@@ -177,7 +168,7 @@ def test_summary_math_by_hand():
 def test_bench_quick_runs_end_to_end(tmp_path):
     argv = ["--quick", "--demos", "6", "--width", "16", "--episodes", "2", "--epochs", "2", "--eval-every", "1",
             "--out", str(tmp_path)]
-    assert _load_bench().main(argv) == 0
+    assert load_benchmark("bench_policy").main(argv) == 0
     data = json.loads((tmp_path / "policy_point_quick.json").read_text())
     results = data["results"]
     assert data["provenance"]["commit"] and data["provenance"]["command"] and data["provenance"]["machine"]
@@ -208,9 +199,7 @@ def _fake_run(directory, recipe, success, seconds=None):
 
 
 def test_screen_table_pairs_seeds_and_borrows_the_global_runs(tmp_path):
-    spec = importlib.util.spec_from_file_location("screen", ROOT / "benchmarks" / "policy_screen_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("policy_screen_table")
     base, fast = PolicyRecipe(lr=1e-3), PolicyRecipe(lr=3e-3)
     _fake_run(tmp_path / "base", base, {"global": [(0.5, 0.9), (0.7, 0.9)], "lfm": [(0.1, 0.5), (0.5, 0.7)]})
     _fake_run(tmp_path / "fast", fast, {"global": [(0.8, 1.0), (0.8, 1.0)], "lfm": [(0.6, 0.8), (0.4, 1.0)]})
@@ -237,9 +226,7 @@ def test_screen_table_pairs_seeds_and_borrows_the_global_runs(tmp_path):
 
 
 def test_screen_table_compares_at_equal_training_seconds(tmp_path):
-    spec = importlib.util.spec_from_file_location("screen", ROOT / "benchmarks" / "policy_screen_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("policy_screen_table")
     recipe = PolicyRecipe(lr=3e-3)
     _fake_run(tmp_path / "timed", recipe, {"global": [(0.8, 1.0), (0.8, 1.0)], "lfm": [(0.6, 0.8), (0.4, 1.0)]},
               seconds={"global": [(2.0, 4.0), (2.0, 6.0)], "lfm": [(1.0, 3.0), (1.0, 3.0)]})
@@ -305,15 +292,8 @@ def test_recipe_files_from_before_block_batch_read_as_the_batch_they_trained_wit
     assert PolicyRecipe.from_dict(PolicyRecipe().to_dict()) == PolicyRecipe()
 
 
-def _load_nfe_bench():
-    spec = importlib.util.spec_from_file_location("policy_nfe", ROOT / "benchmarks" / "bench_policy_nfe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_policy_nfe_summary_pairs_seeds_and_finds_the_smallest_nfe_that_keeps_success():
-    mod = _load_nfe_bench()
+    mod = load_benchmark("bench_policy_nfe")
     success = {("lfm", 1): (0.5, 0.7), ("lfm", 2): (0.9, 0.9), ("lfm", 4): (0.9, 1.0),
                ("global", 1): (0.85, 0.95), ("global", 2): (0.9, 0.9), ("global", 4): (0.9, 1.0)}
     records = [{"method": m, "seed": s, "per_block": k, "success": v[s], "nfe": 12.0 * k, "latency_s": 1e-3 * k}
@@ -328,7 +308,7 @@ def test_policy_nfe_summary_pairs_seeds_and_finds_the_smallest_nfe_that_keeps_su
 
 
 def test_policy_nfe_bench_gives_both_flows_equal_nfe(tmp_path):
-    mod = _load_nfe_bench()
+    mod = load_benchmark("bench_policy_nfe")
     assert mod.main(["--demos", "6", "--epochs", "1", "--seeds", "2", "--episodes", "3", "--steps", "1,2",
                      "--latency-episodes", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "policy_nfe_point.json").read_text())["results"]
@@ -339,15 +319,8 @@ def test_policy_nfe_bench_gives_both_flows_equal_nfe(tmp_path):
     assert "Smallest NFE that keeps the success" in (tmp_path / "policy_nfe_point.md").read_text()
 
 
-def _chunk_error_script():
-    spec = importlib.util.spec_from_file_location("chunk_error", ROOT / "benchmarks" / "policy_chunk_error.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_policy_chunk_error_holds_out_whole_episodes_and_scores_methods(tmp_path):
-    script = _chunk_error_script()
+    script = load_benchmark("policy_chunk_error")
     demos = collect_demos("point", 5, seed=0)
     train, held = script.split_episodes(demos, 0.4)
     assert (train.n_episodes, held.n_episodes) == (3, 2)
@@ -362,3 +335,13 @@ def test_policy_chunk_error_holds_out_whole_episodes_and_scores_methods(tmp_path
     assert all(np.isfinite(r["mse"]) and r["mse"] > 0 and len(r["mse_per_dim"]) == 2 for r in out["runs"])
     assert out["summary"]["regression - global"]["values"] == pytest.approx(
         [b["mse"] - a["mse"] for a, b in zip(out["runs"][::2], out["runs"][1::2])])
+
+
+def test_parse_methods_keeps_the_order_and_refuses_unknown_or_empty_lists():
+    from torchcfm_local.policy.cli import parse_methods
+
+    assert parse_methods(" lfm, global ,") == ["lfm", "global"]
+    with pytest.raises(ValueError, match="subset of global,lfm"):
+        parse_methods("global,regression", ("global", "lfm"))
+    with pytest.raises(ValueError, match="got ','"):
+        parse_methods(",")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from robot import require_robosuite
+from bench_scripts import load_benchmark
 
 require_robosuite()
 
@@ -74,19 +75,8 @@ def test_pillar_expert_succeeds_in_both_modes():
     assert list(task.expert(0).side) == sides  # the expert's random choice is the side it passed on
 
 
-def _outcomes_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "pillar_outcomes.py"
-    spec = importlib.util.spec_from_file_location("pillar_outcomes", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pillar_outcomes_classify_paths():
-    classify = _outcomes_script().classify
+    classify = load_benchmark("pillar_outcomes").classify
     t = np.linspace(0, 1, 50)[:, None]
     rest = np.array([-0.16, 0.0, 0.82])
     # lifted, then straight at the pillar until it is touched: head-on, no side, never left the centre line
@@ -112,5 +102,5 @@ def test_pillar_outcomes_classify_paths():
 
 def test_pillar_outcomes_refuses_bad_counts(capsys):
     with pytest.raises(SystemExit):
-        _outcomes_script().main(["--episodes", "0"])
+        load_benchmark("pillar_outcomes").main(["--episodes", "0"])
     assert "--episodes must be >= 1" in capsys.readouterr().err

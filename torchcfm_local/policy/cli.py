@@ -37,6 +37,18 @@ METHODS = ("lfm", "global", "regression")
 EXPORTS = ("robomimic", "lerobot", "npz")
 
 
+def parse_methods(text: str, allowed=METHODS) -> list[str]:
+    """A comma-separated list of policy methods (the benchmarks' ``--methods``), in the order given.
+
+    Raises:
+        ValueError: an empty list or a name not in ``allowed``.
+    """
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods or any(m not in allowed for m in methods):
+        raise ValueError(f"--methods takes a comma-separated subset of {','.join(allowed)}, got {text!r}")
+    return methods
+
+
 def build_policy(method: str, obs_dims: dict, action_dim: int, network: "str | None" = None,
                  width: "int | None" = None, lfm_blocks: "int | None" = None, *,
                  recipe: "PolicyRecipe | None" = None) -> "FlowPolicy | RegressionPolicy":
