@@ -2,14 +2,24 @@
 
 Collects ``--demos`` expert episodes (seed 0), holds out the last ``--holdout`` share of them,
 trains every method (``--methods``; every recipe flag of ``bench_policy.py`` works here) on the
-rest for one budget (``--epochs``) per training seed, and measures on ``--windows`` held-out
-windows the squared error between the first ``n_action_steps`` (8) actions that
-``predict_action`` samples and the expert's, per action dimension and in all (raw action
-units; the flows' sampling noise is seeded by the training seed). A sample from a multimodal
-expert is scored against the one mode the expert took, so this is not zero even for a perfect
-policy; the paired difference between methods (same seed, same windows) is what it is for.
-Rollouts decide success; this asks whether a method's chunks are less precise, which matters
-most where success needs millimetres (Square).
+rest for one budget (``--epochs``) per training seed, and draws ``--samples`` chunks per
+held-out window (``--windows`` of them) from ``predict_action``; each is scored on its first
+``n_action_steps`` (8) actions against the expert's, in raw action units (the flows' sampling
+noise is seeded by the training seed):
+
+* **chunk MSE**: squared error per action dimension and in all, averaged over the samples. A
+  sample from a multimodal expert is scored against the one mode the expert took, so a perfect
+  sampler scores twice the expert's own variance, and a regressor that predicts the mean scores
+  lower than any sampler: compare flows with flows.
+* **energy score** of the executed chunk (flattened): ``mean_k |X_k - a| - 1/2 mean_{j != k}
+  |X_j - X_k|``, a proper scoring rule (the expert's conditional distribution minimizes its
+  expectation), so it rewards spread that the expert has and punishes spread it lacks; it is
+  how a sampler and a regressor can be compared. Needs ``--samples`` >= 2 for the second term.
+* **spread**: the variance of the samples per coordinate, averaged (0 for a regressor).
+
+The paired difference between methods (same seed, same windows) is what these are for. Rollouts
+decide success; this asks whether a method's chunks are less precise, which matters most where
+success needs millimetres (Square).
 
 Writes ``benchmarks/results/<name>.{json,md}`` (default ``policy_chunk_error_<task>``).
 
@@ -50,12 +60,26 @@ def split_episodes(demos: Demos, holdout: float) -> tuple[Demos, Demos]:
             part(slice(cut, None), demos.episode_ends[-n_out:] - cut))
 
 
-def chunk_error(policy, obs: torch.Tensor, action: torch.Tensor, keys: list, dims: dict, seed: int) -> np.ndarray:
-    """Per action dimension, the mean squared error of the executed part of the sampled chunks."""
+def chunk_scores(policy, obs: torch.Tensor, action: torch.Tensor, keys: list, dims: dict, seed: int,
+                 samples: int = 1) -> dict:
+    """Scores of ``samples`` sampled chunks per window against the expert's first ``n_action_steps``
+    actions: ``mse_per_dim`` (array), ``mse``, ``energy`` (energy score; with one sample, the mean
+    distance) and ``spread`` (sample variance per coordinate, averaged; 0 with one sample)."""
     parts = torch.split(obs, [dims[k] for k in keys], dim=2)
-    out = policy.predict_action({k: p.numpy() for k, p in zip(keys, parts)}, generator=torch.Generator().manual_seed(seed))
-    executed = out["action"].numpy()
-    return ((executed - action[:, :executed.shape[1]].numpy()) ** 2).mean(axis=(0, 1))
+    obs_dict = {k: p.numpy() for k, p in zip(keys, parts)}
+    gen = torch.Generator().manual_seed(seed)
+    draws = np.stack([policy.predict_action(obs_dict, generator=gen)["action"].numpy() for _ in range(samples)])
+    target = action[:, :draws.shape[2]].numpy()
+    err = ((draws - target[None]) ** 2).mean(axis=(0, 1, 2))
+    flat = draws.reshape(samples, draws.shape[1], -1)
+    to_expert = np.linalg.norm(flat - target.reshape(len(target), -1)[None], axis=-1).mean()
+    between = 0.0
+    if samples > 1:  # mean over ordered pairs j != k of |X_j - X_k|
+        dist = np.linalg.norm(flat[:, None] - flat[None], axis=-1).mean(axis=-1)
+        between = dist.sum() / (samples * (samples - 1))
+    spread = float(draws.var(axis=0, ddof=1).mean()) if samples > 1 else 0.0
+    return {"mse_per_dim": err, "mse": float(err.mean()), "energy": float(to_expert - 0.5 * between),
+            "spread": spread}
 
 
 def run(args, recipe: PolicyRecipe) -> tuple[list[dict], dict]:
@@ -68,30 +92,43 @@ def run(args, recipe: PolicyRecipe) -> tuple[list[dict], dict]:
     for seed in range(args.seeds):
         for method in args.methods:
             (ckpt,) = train_checkpoints(method, train, recipe, [recipe.epochs], seed)
-            err = chunk_error(ckpt.policy, obs[pick], action[pick], keys, demos.obs_dims, seed)
-            rows.append({"method": method, "seed": seed, "mse": float(err.mean()), "mse_per_dim": err.tolist()})
-            print(f"seed {seed} {method}: chunk MSE {err.mean():.4f}", flush=True)
+            samples = 1 if method == "regression" else args.samples  # a regressor's chunks do not vary
+            score = chunk_scores(ckpt.policy, obs[pick], action[pick], keys, demos.obs_dims, seed, samples)
+            rows.append({"method": method, "seed": seed, **score, "mse_per_dim": score["mse_per_dim"].tolist()})
+            print(f"seed {seed} {method}: chunk MSE {score['mse']:.4f}, energy score {score['energy']:.4f}, "
+                  f"spread {score['spread']:.4f}", flush=True)
     meta = {"demos": demos.meta, "train_episodes": train.n_episodes, "held_out_episodes": held.n_episodes,
             "windows": int(len(pick))}
     return rows, meta
 
 
+METRICS = (("mse", "chunk MSE"), ("energy", "energy score"), ("spread", "spread"))
+
+
 def table(rows: list[dict], args, recipe: PolicyRecipe, meta: dict) -> tuple[str, dict]:
-    per = {m: [r["mse"] for r in sorted(rows, key=lambda r: r["seed"]) if r["method"] == m] for m in args.methods}
-    summary = {m: mean_se(v) for m, v in per.items()}
-    fmt = lambda s: f"{s['mean']:.4f}" + ("" if s["se"] is None else f" ± {s['se']:.4f}")  # noqa: E731
-    lines = [f"## {args.task}: squared error of sampled action chunks against held-out demos, mean ± SE over "
-             f"{args.seeds} training seed(s)", "", "| method | chunk MSE | paired against global |", "|---|---|---|"]
+    """The markdown table and ``summary[metric][method]`` (and ``[f"{method} - global"]``, paired) as mean ± SE."""
+    fmt = lambda s, sign="": "-" if s is None else (  # noqa: E731
+        f"{s['mean']:{sign}.4f}" + ("" if s["se"] is None else f" ± {s['se']:.4f}"))
+    ordered = sorted(rows, key=lambda r: r["seed"])
+    summary = {}
+    for key, _ in METRICS:
+        per = {m: [r[key] for r in ordered if r["method"] == m] for m in args.methods}
+        summary[key] = {m: mean_se(v) for m, v in per.items()}
+        for m in args.methods:
+            if m != "global" and "global" in per:
+                summary[key][f"{m} - global"] = mean_se([a - b for a, b in zip(per[m], per["global"])])
+    head = " | ".join(f"{label} | paired against global" for key, label in METRICS if key != "spread")
+    lines = [f"## {args.task}: sampled action chunks against held-out demos, mean ± SE over {args.seeds} "
+             f"training seed(s)", "", f"| method | {head} | spread |", "|---|---|---|---|---|---|"]
     for m in args.methods:
-        paired = "-"
-        if m != "global" and "global" in per:
-            summary[f"{m} - global"] = mean_se([a - b for a, b in zip(per[m], per["global"])])
-            diff = summary[f"{m} - global"]
-            paired = f"{diff['mean']:+.4f}" + ("" if diff["se"] is None else f" ± {diff['se']:.4f}")
-        lines.append(f"| {m} | {fmt(summary[m])} | {paired} |")
+        cells = [f"{fmt(summary[key][m])} | {fmt(summary[key].get(f'{m} - global'), '+')}"
+                 for key, _ in METRICS if key != "spread"]
+        lines.append(f"| {m} | {' | '.join(cells)} | {fmt(summary['spread'][m])} |")
     lines += ["", f"Demos: {meta['train_episodes']} training and {meta['held_out_episodes']} held-out expert "
-              f"episodes (seed 0); {meta['windows']} held-out windows; the first 8 actions of each sampled chunk. "
-              f"{recipe.epochs:g} epochs; recipe `{recipe.to_dict()}`."]
+              f"episodes (seed 0); {meta['windows']} held-out windows, {args.samples} sampled chunk(s) each "
+              f"(regression: 1); the first 8 actions of each chunk, raw action units. Lower is better for "
+              f"the MSE and the energy score; the MSE favours a regressor on multimodal demos, the energy "
+              f"score does not. {recipe.epochs:g} epochs; recipe `{recipe.to_dict()}`."]
     return "\n".join(lines), summary
 
 
@@ -102,6 +139,7 @@ def main(argv=None) -> int:
     parser.add_argument("--demo-batch", type=int, default=25)
     parser.add_argument("--holdout", type=float, default=0.2, help="share of the episodes held out")
     parser.add_argument("--windows", type=int, default=400, help="held-out windows scored")
+    parser.add_argument("--samples", type=int, default=4, help="sampled chunks per window (flows)")
     parser.add_argument("--methods", default="global,lfm")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--name", default=None, help="output name (default policy_chunk_error_<task>)")
@@ -112,8 +150,8 @@ def main(argv=None) -> int:
         args.methods = parse_methods(args.methods, METHODS)
     except ValueError as err:
         parser.error(str(err))
-    if min(args.demos, args.demo_batch, args.windows, args.seeds) < 1:
-        parser.error("--demos, --demo-batch, --windows and --seeds must be >= 1")
+    if min(args.demos, args.demo_batch, args.windows, args.seeds, args.samples) < 1:
+        parser.error("--demos, --demo-batch, --windows, --seeds and --samples must be >= 1")
     recipe = PolicyRecipe.from_args(args)
     rows, meta = run(args, recipe)
     text, summary = table(rows, args, recipe, meta)

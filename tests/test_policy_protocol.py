@@ -329,12 +329,38 @@ def test_policy_chunk_error_holds_out_whole_episodes_and_scores_methods(tmp_path
     with pytest.raises(ValueError, match="holdout"):
         script.split_episodes(demos, 1.0)
     assert script.main(["--task", "point", "--demos", "6", "--epochs", "1", "--width", "16", "--seeds", "2",
-                        "--windows", "40", "--methods", "global,regression", "--out", str(tmp_path)]) == 0
+                        "--windows", "40", "--samples", "3", "--methods", "global,regression",
+                        "--out", str(tmp_path)]) == 0
     out = json.loads((tmp_path / "policy_chunk_error_point.json").read_text())["results"]
     assert [r["method"] for r in out["runs"]] == ["global", "regression"] * 2
     assert all(np.isfinite(r["mse"]) and r["mse"] > 0 and len(r["mse_per_dim"]) == 2 for r in out["runs"])
-    assert out["summary"]["regression - global"]["values"] == pytest.approx(
-        [b["mse"] - a["mse"] for a, b in zip(out["runs"][::2], out["runs"][1::2])])
+    assert all(r["spread"] > 0 for r in out["runs"][::2]) and all(r["spread"] == 0 for r in out["runs"][1::2])
+    for key in ("mse", "energy", "spread"):
+        assert out["summary"][key]["regression - global"]["values"] == pytest.approx(
+            [b[key] - a[key] for a, b in zip(out["runs"][::2], out["runs"][1::2])])
+
+
+class _FixedDraws:
+    """A stand-in policy whose k-th call returns the k-th of the given chunks."""
+
+    def __init__(self, draws):
+        self.draws = iter(draws)
+
+    def predict_action(self, obs_dict, generator=None):
+        return {"action": torch.from_numpy(next(self.draws))}
+
+
+def test_chunk_scores_match_the_energy_score_by_hand():
+    script = load_benchmark("policy_chunk_error")
+    obs, action = torch.zeros(1, 2, 1), torch.zeros(1, 16, 1)
+    # two samples of an 8-step chunk in one action dimension: all 3s (distance 3 * sqrt(8) from the
+    # expert's zeros) and all 1s (distance sqrt(8)); they are 2 * sqrt(8) apart
+    draws = [np.full((1, 8, 1), 3.0), np.full((1, 8, 1), 1.0)]
+    score = script.chunk_scores(_FixedDraws(draws), obs, action, ["x"], {"x": 1}, seed=0, samples=2)
+    root8 = np.sqrt(8)
+    assert score["energy"] == pytest.approx((3 * root8 + root8) / 2 - 0.5 * 2 * root8)
+    assert score["mse"] == pytest.approx((9 + 1) / 2)
+    assert score["spread"] == pytest.approx(2.0)  # sample variance of {3, 1}, ddof = 1
 
 
 def test_parse_methods_keeps_the_order_and_refuses_unknown_or_empty_lists():
