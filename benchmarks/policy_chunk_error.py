@@ -3,9 +3,9 @@
 Collects ``--demos`` expert episodes (seed 0), holds out the last ``--holdout`` share of them,
 trains every method (``--methods``; every recipe flag of ``bench_policy.py`` works here) on the
 rest for one budget (``--epochs``) per training seed, and draws ``--samples`` chunks per
-held-out window (``--windows`` of them) from ``predict_action``; each is scored on its first
-``n_action_steps`` (8) actions against the expert's, in raw action units (the flows' sampling
-noise is seeded by the training seed):
+held-out window (``--windows`` of them) from ``predict_action``; each is scored on its
+``n_action_steps`` (8) executed actions against the expert's at the same steps, in raw action
+units (the flows' sampling noise is seeded by the training seed):
 
 * **chunk MSE**: squared error per action dimension and in all, averaged over the samples. A
   sample from a multimodal expert is scored against the one mode the expert took, so a perfect
@@ -62,14 +62,15 @@ def split_episodes(demos: Demos, holdout: float) -> tuple[Demos, Demos]:
 
 def chunk_scores(policy, obs: torch.Tensor, action: torch.Tensor, keys: list, dims: dict, seed: int,
                  samples: int = 1) -> dict:
-    """Scores of ``samples`` sampled chunks per window against the expert's first ``n_action_steps``
-    actions: ``mse_per_dim`` (array), ``mse``, ``energy`` (energy score; with one sample, the mean
+    """Scores of ``samples`` sampled chunks per window against the expert's actions at the same
+    steps (the ``n_action_steps`` executed ones, from the window's last observation on): ``mse_per_dim`` (array), ``mse``, ``energy`` (energy score; with one sample, the mean
     distance) and ``spread`` (sample variance per coordinate, averaged; 0 with one sample)."""
     parts = torch.split(obs, [dims[k] for k in keys], dim=2)
     obs_dict = {k: p.numpy() for k, p in zip(keys, parts)}
     gen = torch.Generator().manual_seed(seed)
     draws = np.stack([policy.predict_action(obs_dict, generator=gen)["action"].numpy() for _ in range(samples)])
-    target = action[:, :draws.shape[2]].numpy()
+    start = policy.n_obs_steps - 1  # the executed actions start at the window's last observation
+    target = action[:, start:start + draws.shape[2]].numpy()
     err = ((draws - target[None]) ** 2).mean(axis=(0, 1, 2))
     flat = draws.reshape(samples, draws.shape[1], -1)
     to_expert = np.linalg.norm(flat - target.reshape(len(target), -1)[None], axis=-1).mean()
@@ -126,9 +127,10 @@ def table(rows: list[dict], args, recipe: PolicyRecipe, meta: dict) -> tuple[str
         lines.append(f"| {m} | {' | '.join(cells)} | {fmt(summary['spread'][m])} |")
     lines += ["", f"Demos: {meta['train_episodes']} training and {meta['held_out_episodes']} held-out expert "
               f"episodes (seed 0); {meta['windows']} held-out windows, {args.samples} sampled chunk(s) each "
-              f"(regression: 1); the first 8 actions of each chunk, raw action units. Lower is better for "
-              f"the MSE and the energy score; the MSE favours a regressor on multimodal demos, the energy "
-              f"score does not. {recipe.epochs:g} epochs; recipe `{recipe.to_dict()}`."]
+              f"(regression: 1); the 8 executed actions of each chunk against the expert's at the same steps, "
+              f"raw action units. Lower is better for the MSE and the energy score; the MSE favours a regressor "
+              f"on multimodal demos, the energy score does not. {recipe.epochs:g} epochs; recipe "
+              f"`{recipe.to_dict()}`."]
     return "\n".join(lines), summary
 
 

@@ -343,6 +343,8 @@ def test_policy_chunk_error_holds_out_whole_episodes_and_scores_methods(tmp_path
 class _FixedDraws:
     """A stand-in policy whose k-th call returns the k-th of the given chunks."""
 
+    n_obs_steps = 2
+
     def __init__(self, draws):
         self.draws = iter(draws)
 
@@ -353,6 +355,7 @@ class _FixedDraws:
 def test_chunk_scores_match_the_energy_score_by_hand():
     script = load_benchmark("policy_chunk_error")
     obs, action = torch.zeros(1, 2, 1), torch.zeros(1, 16, 1)
+    action[0, 0] = 100.0  # the step before the last observation: not executed, so never scored
     # two samples of an 8-step chunk in one action dimension: all 3s (distance 3 * sqrt(8) from the
     # expert's zeros) and all 1s (distance sqrt(8)); they are 2 * sqrt(8) apart
     draws = [np.full((1, 8, 1), 3.0), np.full((1, 8, 1), 1.0)]
