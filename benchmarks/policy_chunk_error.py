@@ -83,23 +83,32 @@ def chunk_scores(policy, obs: torch.Tensor, action: torch.Tensor, keys: list, di
             "spread": spread}
 
 
-def run(args, recipe: PolicyRecipe) -> tuple[list[dict], dict]:
+def held_out_windows(args) -> tuple[Demos, Demos, Demos, torch.Tensor, torch.Tensor]:
+    """``args.demos`` expert episodes of ``args.task`` (seed 0) -> ``(demos, train, held, obs, action)``:
+    the episodes, the training and held-out ones (:func:`split_episodes` with ``args.holdout``) and
+    ``args.windows`` windows of the held-out episodes (a fixed draw), observations ``(W, 2, D)``
+    and action chunks ``(W, 16, Da)``."""
     demos = collect_demos(args.task, args.demos, seed=0, batch=args.demo_batch)
     train, held = split_episodes(demos, args.holdout)
-    keys = list(demos.obs)
-    obs, action = windows(held, keys, 2, 16)
+    obs, action = windows(held, list(demos.obs), 2, 16)
     pick = torch.randperm(len(obs), generator=torch.Generator().manual_seed(0))[:args.windows]
+    return demos, train, held, obs[pick], action[pick]
+
+
+def run(args, recipe: PolicyRecipe) -> tuple[list[dict], dict]:
+    demos, train, held, obs, action = held_out_windows(args)
+    keys = list(demos.obs)
     rows = []
     for seed in range(args.seeds):
         for method in args.methods:
             (ckpt,) = train_checkpoints(method, train, recipe, [recipe.epochs], seed)
             samples = 1 if method == "regression" else args.samples  # a regressor's chunks do not vary
-            score = chunk_scores(ckpt.policy, obs[pick], action[pick], keys, demos.obs_dims, seed, samples)
+            score = chunk_scores(ckpt.policy, obs, action, keys, demos.obs_dims, seed, samples)
             rows.append({"method": method, "seed": seed, **score, "mse_per_dim": score["mse_per_dim"].tolist()})
             print(f"seed {seed} {method}: chunk MSE {score['mse']:.4f}, energy score {score['energy']:.4f}, "
                   f"spread {score['spread']:.4f}", flush=True)
     meta = {"demos": demos.meta, "train_episodes": train.n_episodes, "held_out_episodes": held.n_episodes,
-            "windows": int(len(pick))}
+            "windows": int(len(obs))}
     return rows, meta
 
 

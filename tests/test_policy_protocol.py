@@ -374,3 +374,20 @@ def test_parse_methods_keeps_the_order_and_refuses_unknown_or_empty_lists():
         parse_methods("global,regression", ("global", "lfm"))
     with pytest.raises(ValueError, match="got ','"):
         parse_methods(",")
+
+
+def test_policy_block_probe_checks_every_block_against_the_ou_chain(tmp_path):
+    script = load_benchmark("policy_block_probe")
+    assert script.main(["--task", "point", "--demos", "6", "--epochs", "1", "--width", "16", "--seeds", "1",
+                        "--windows", "20", "--samples", "2", "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "policy_block_probe_point.json").read_text())["results"]
+    rows = {(r["method"], r["block"]): r for r in out["runs"]}
+    assert sorted(rows) == [("global", 1), ("lfm", 1), ("lfm", 2), ("lfm", 3)]
+    for (method, n), row in rows.items():
+        assert row["T"] == pytest.approx(DEFAULT_LFM_SCHEDULE.time_before(n) if method == "lfm" else 0.0)
+        assert row["ou"] == pytest.approx(1 - math.exp(-2 * row["T"]))
+        assert row["sampled"] > 0 and np.isfinite(row["sampled"])
+        if n == 1:  # block 1's data side is the demos: nothing encoded, nothing to undo
+            assert row["encoded"] == 0 and row["undone"] is None
+        else:
+            assert row["encoded"] > 0 and row["undone"] > 0
