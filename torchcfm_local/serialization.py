@@ -21,7 +21,7 @@ from .shared import load_shared, saved_shared, shared_factory, shared_network
 from .solvers import ODEOptions
 from .standardize import Standardizer
 
-__all__ = ["model_state", "model_from_state"]
+__all__ = ["model_state", "model_from_state", "matcher_from_spec"]
 
 
 def _matcher_spec(matcher) -> dict:
@@ -31,6 +31,19 @@ def _matcher_spec(matcher) -> dict:
     name = type(matcher).__name__
     return {"class": name if getattr(cfm, name, None) is type(matcher) else None,
             "sigma": float(getattr(matcher, "sigma", 0.0))}
+
+
+def matcher_from_spec(spec: dict, source: str = "the state"):
+    """A new torchcfm matcher from :func:`_matcher_spec`'s dict (``state["matcher"]`` of a model).
+
+    Raises:
+        ValueError: a custom matcher (not a torchcfm class), which cannot be rebuilt.
+    """
+    if spec.get("class") is None:
+        raise ValueError(f"{source} was trained with a custom matcher; pass matcher= to load it")
+    from torchcfm import conditional_flow_matching as cfm
+
+    return getattr(cfm, spec["class"])(sigma=spec["sigma"])
 
 
 def model_state(model, fit_state: Optional[dict] = None) -> dict:
@@ -81,11 +94,7 @@ def model_from_state(cls, state: dict, *, velocity_factory=None, matcher=None, s
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{source} is a torchcfm_local model file with missing fields: {err}") from err
     if matcher is None:
-        if matcher_spec.get("class") is None:
-            raise ValueError(f"{source} was trained with a custom matcher; pass matcher= to load it")
-        from torchcfm import conditional_flow_matching as cfm
-
-        matcher = getattr(cfm, matcher_spec["class"])(sigma=matcher_spec["sigma"])
+        matcher = matcher_from_spec(matcher_spec, source)
     shared = state.get("shared")
     if shared is not None:
         velocity_factory = shared_factory(shared, velocity_factory, source)

@@ -80,7 +80,8 @@ def build_policy(method: str, obs_dims: dict, action_dim: int, network: "str | N
                   if recipe.network == "unet" else {"width": w, "activation": recipe.activation, "n_freq": recipe.n_freq})
         ode = ODEOptions(solver="rk4", steps=total_steps // schedule.n_blocks)
         return FlowPolicy(obs_dims, action_dim, schedule=schedule, network=recipe.network, network_config=config,
-                          matcher=recipe.matcher(), ode=ode, recipe=recipe, shared=shared)
+                          matcher=recipe.matcher(), ode=ode, recipe=recipe, shared=shared,
+                          prediction=recipe.prediction)
 
     def widened(schedule, shared=False):  # the network of the separate LFM blocks' parameter count
         step = 32 if recipe.network == "unet" else 1  # U-Net widths stay multiples of 4 * n_groups

@@ -31,8 +31,10 @@ from .._checks import is_int, positive_float, positive_int
 from ..checkpoint import atomic_save, header, safe_load
 from ..composer import LocalFlowMatching
 from ..networks import MLP
+from ..prediction import PREDICTIONS, DataPrediction, path_of
 from ..reports import FitReport
 from ..schedule import OUSchedule
+from ..serialization import matcher_from_spec
 from ..shared import SharedVelocity, default_embed_dim
 from ..solvers import ODEOptions
 from ..training.loop import OptimConfig, StepLoop
@@ -214,23 +216,30 @@ class FlowPolicy(_ChunkPolicy):
             (block n's embedding row follows the observation window and the presence flag). Such a
             policy trains with ``fit(..., pool="ou")``, all blocks at once; its file stores the
             network once. Default ``False``: a network per block.
+        prediction: ``"velocity"`` (default: each block network outputs the velocity) or
+            ``"data"`` (it outputs the data side's end of the path, which
+            :class:`~torchcfm_local.prediction.DataPrediction` turns into the velocity of
+            ``matcher``'s path; needs torchcfm's linear or trigonometric matcher with sigma = 0).
     """
 
     def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
                  n_action_steps: int = 8, schedule: Optional[OUSchedule] = None, network: str = "unet",
                  network_config: Optional[dict] = None, matcher=None, ode=None, guidance: Optional[float] = None,
-                 recipe: Union[PolicyRecipe, dict, None] = None, shared: bool = False):
+                 recipe: Union[PolicyRecipe, dict, None] = None, shared: bool = False, prediction: str = "velocity"):
         super().__init__(obs_dims, action_dim, n_obs_steps, horizon, n_action_steps, recipe)
         if network not in ("unet", "mlp"):
             raise ValueError(f"network must be 'unet' or 'mlp', got {network!r}")
         if not isinstance(shared, bool):
             raise ValueError(f"shared must be True or False, got {shared!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.network, self.network_config, self.shared = network, dict(network_config or {}), shared
-        self.guidance = guidance
+        self.guidance, self.prediction = guidance, prediction
         schedule = schedule or DEFAULT_LFM_SCHEDULE
         steps = math.ceil(POLICY_RK4_STEPS / schedule.n_blocks)
         self.ode = ODEOptions.coerce(ode, ODEOptions(solver="rk4", steps=steps))
         matcher = PolicyRecipe().matcher() if matcher is None else matcher
+        self._path = path_of(matcher) if prediction == "data" else None
         self.flow = LocalFlowMatching((horizon, action_dim), schedule, matcher, self._factory(schedule.n_blocks),
                                       ode=self.ode, cond_dim=self.cond_dim)
 
@@ -245,7 +254,10 @@ class FlowPolicy(_ChunkPolicy):
             return MLP(self.horizon * self.action_dim, cond_features=features + k,
                        **{**POLICY_MLP, **self.network_config})
 
-        return SharedVelocity(core(), n_blocks, k).block if self.shared else core
+        factory = SharedVelocity(core(), n_blocks, k).block if self.shared else core
+        if self.prediction == "velocity":
+            return factory
+        return lambda n=None: DataPrediction(factory(n), self._path)
 
     def fit(self, demos: Demos, *, epochs: Optional[float] = None, batches_per_block: Optional[int] = None,
             batch_size: int = 256, lr: Optional[float] = None, cond_dropout: float = 0.0,
@@ -294,7 +306,8 @@ class FlowPolicy(_ChunkPolicy):
 
     def _config(self) -> dict:
         return {**self._base_config(), "network": self.network, "network_config": self.network_config,
-                "guidance": self.guidance, "ode": self.ode.to_dict(), "shared": self.shared}
+                "guidance": self.guidance, "ode": self.ode.to_dict(), "shared": self.shared,
+                "prediction": self.prediction}
 
     def _model_state(self) -> dict:
         return self.flow.to_state()
@@ -376,8 +389,9 @@ def load_policy(path: Union[str, os.PathLike], map_location="cpu") -> _ChunkPoli
         config["ode"] = ODEOptions.coerce(config.pop("ode"), ODEOptions())
         flow_state = state["model"]
         schedule = OUSchedule.from_steps(flow_state["schedule"])
+        matcher = matcher_from_spec(flow_state["matcher"], str(path))  # data prediction reads its path
         obs_dims, action_dim = config.pop("obs_dims"), config.pop("action_dim")
-        policy = cls(obs_dims, action_dim, schedule=schedule, **config)
+        policy = cls(obs_dims, action_dim, schedule=schedule, matcher=matcher, **config)
         policy.flow = LocalFlowMatching.from_state(flow_state, velocity_factory=policy.flow.velocity_factory,
                                                    source=str(path))
     else:

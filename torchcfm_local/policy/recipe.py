@@ -21,6 +21,7 @@ from typing import Optional
 
 from .._checks import is_int, positive_float
 from ..networks import ACTIVATIONS
+from ..prediction import PREDICTIONS
 from ..schedule import OUSchedule
 from ..training.loop import OptimConfig
 
@@ -143,6 +144,10 @@ class PolicyRecipe:
             where LFM's blocks had been step-starved. Its cost: at equal epochs LFM's training
             takes more wall time than with ``"same"`` (smaller batches, as many steps per block
             as the global flow).
+        prediction: what every flow network outputs: ``"velocity"`` (default) or ``"data"``, the
+            data-side end of its path, turned into the path's velocity
+            (:class:`~torchcfm_local.prediction.DataPrediction`), for both flows alike. The
+            regression baseline ignores it.
     """
 
     h0: float = _knob(0.25, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
@@ -167,6 +172,8 @@ class PolicyRecipe:
                          "as the separate blocks (needs --pool ou)", _bool)
     free_share: Optional[float] = _knob(None, "share of LFM's batches for the free (last) block, e.g. 0.5 (none: "
                                         "equal shares)", _optional_float)
+    prediction: str = _knob("velocity", "what each flow network predicts: velocity, or data (the data-side end of "
+                            "its path, turned into the path's velocity)", choices=PREDICTIONS)
     block_batch: str = _knob("split", "windows per step of each LFM block: same (batch_size) or split (batch_size / "
                              "blocks: every block takes the global flow's optimizer steps)", choices=BLOCK_BATCHES)
 
@@ -180,7 +187,8 @@ class PolicyRecipe:
         if not is_int(self.n_freq) or self.n_freq < 0:
             raise ValueError(f"n_freq must be an int >= 0, got {self.n_freq!r}")
         for name, allowed in (("path", PATHS), ("network", NETWORKS), ("lr_decay", LR_DECAYS), ("pool", POOLS),
-                              ("activation", tuple(sorted(ACTIVATIONS))), ("block_batch", BLOCK_BATCHES)):
+                              ("activation", tuple(sorted(ACTIVATIONS))), ("block_batch", BLOCK_BATCHES),
+                              ("prediction", PREDICTIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.network == "unet" and self.width % 32:
