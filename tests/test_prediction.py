@@ -11,7 +11,7 @@ from torchcfm.conditional_flow_matching import (ConditionalFlowMatcher, ExactOpt
 from torchcfm_local.policy import FlowPolicy, collect_demos, load_policy
 from torchcfm_local.policy.cli import build_policy
 from torchcfm_local.policy.recipe import PolicyRecipe
-from torchcfm_local.prediction import DataPrediction, path_of
+from torchcfm_local.prediction import DataPrediction, VelocityPrediction, block_networks, path_of
 
 
 class _Oracle(nn.Module):
@@ -59,11 +59,16 @@ def test_a_data_predicting_policy_trains_and_its_file_rebuilds_the_same_path(tmp
     demos = collect_demos("point", 4, seed=0)
     recipe = PolicyRecipe(width=16, path="linear", prediction="data")
     policy = build_policy("lfm", demos.obs_dims, demos.action.shape[1], recipe=recipe)
-    assert all(isinstance(net, DataPrediction) and net.path == "linear" for net in policy.flow.nets)
-    policy.fit(demos, **{**recipe.fit_options(), "epochs": 2}, seed=0, progress=False)
+    first, *others = policy.flow.nets  # block 1 predicts the data, the others the velocity
+    assert isinstance(first, DataPrediction) and first.path == "linear"
+    assert others and all(isinstance(net, VelocityPrediction) for net in others)
+    policy.fit(demos, **{**recipe.fit_options(), "epochs": 2}, seed=0, progress=False)  # warm_start copies block to block
     policy.save(tmp_path / "p.pt")
     loaded = load_policy(tmp_path / "p.pt")
-    assert loaded.prediction == "data" and all(net.path == "linear" for net in loaded.flow.nets)
+    assert loaded.prediction == "data" and loaded.flow.nets[0].path == "linear"
+    assert [type(n) for n in loaded.flow.nets] == [type(n) for n in policy.flow.nets]
+    glob = build_policy("global", demos.obs_dims, demos.action.shape[1], recipe=recipe)
+    assert [type(n) for n in glob.flow.nets] == [DataPrediction]
     obs = {"pos": np.zeros((3, 2, 2), np.float32)}
     a = policy.predict_action(obs, generator=torch.Generator().manual_seed(1))["action"]
     b = loaded.predict_action(obs, generator=torch.Generator().manual_seed(1))["action"]
@@ -81,3 +86,12 @@ def test_recipe_reads_prediction_and_older_recipes_predict_velocity():
     assert PolicyRecipe.from_dict(old).prediction == "velocity"
     with pytest.raises(ValueError, match="prediction"):
         PolicyRecipe(prediction="noise")
+
+
+def test_block_networks_leaves_velocity_factories_alone():
+    factory = lambda n: nn.Linear(2, 2)  # noqa: E731
+    assert block_networks(factory, "velocity", None) is factory
+    with pytest.raises(ValueError, match="prediction"):
+        block_networks(factory, "noise", "trig")
+    x = torch.randn(4, 3)
+    assert torch.equal(VelocityPrediction(_Oracle(x))(torch.zeros(4), x), x)

@@ -16,6 +16,12 @@ nearly fixed by the observation): a network that predicts it directly contracts 
 its samples spread wider than the data; a network that predicts ``x1`` gets that factor exactly.
 The training loss is unchanged (the squared error of the velocity), which weights the ``x1``
 error by the squared inverse denominator: most on the data end, at most ``(pi / (2 eps))^2``.
+
+In an LFM chain only block 1 has the data itself on its data side; the data sides of blocks
+2..N are the data pushed towards the OU chain's smoother marginals. :func:`block_networks`
+wraps block 1's network in :class:`DataPrediction` and the others in :class:`VelocityPrediction`
+(the network's output as it is), so that every block has the same parameters (``warm_start``
+copies them from block to block); a global flow's one block is block 1.
 """
 from __future__ import annotations
 
@@ -24,9 +30,9 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["DataPrediction", "PREDICTIONS", "path_of", "DEFAULT_EPS"]
+__all__ = ["DataPrediction", "VelocityPrediction", "block_networks", "PREDICTIONS", "path_of", "DEFAULT_EPS"]
 
-#: what a block network predicts: the velocity itself, or the data side's end (:class:`DataPrediction`)
+#: what block 1's network predicts (:func:`block_networks`): the velocity itself, or the data (:class:`DataPrediction`)
 PREDICTIONS = ("velocity", "data")
 #: the smallest denominator of :class:`DataPrediction`: 0.2 caps the weight of the data-side error
 #: at about 62 (trigonometric path) and leaves the velocity finite at ``t = 1``, where RK4's last
@@ -80,3 +86,25 @@ class DataPrediction(nn.Module):
 
     def extra_repr(self) -> str:
         return f"path={self.path!r}, eps={self.eps}"
+
+
+class VelocityPrediction(nn.Module):
+    """``net`` as it is (it predicts the velocity), held as ``self.net`` like :class:`DataPrediction` holds it."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor, cond=None) -> torch.Tensor:
+        return self.net(t, x) if cond is None else self.net(t, x, cond)
+
+
+def block_networks(factory, prediction: str, path: "str | None"):
+    """A velocity factory ``n -> network`` for ``prediction``: ``factory`` itself for ``"velocity"``;
+    for ``"data"``, block 1's network in :class:`DataPrediction` (``path``) and every other block's
+    in :class:`VelocityPrediction` (module docstring)."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if prediction == "velocity":
+        return factory
+    return lambda n: DataPrediction(factory(n), path) if n == 1 else VelocityPrediction(factory(n))

@@ -31,7 +31,7 @@ from .._checks import is_int, positive_float, positive_int
 from ..checkpoint import atomic_save, header, safe_load
 from ..composer import LocalFlowMatching
 from ..networks import MLP
-from ..prediction import PREDICTIONS, DataPrediction, path_of
+from ..prediction import PREDICTIONS, block_networks, path_of
 from ..reports import FitReport
 from ..schedule import OUSchedule
 from ..serialization import matcher_from_spec
@@ -216,10 +216,12 @@ class FlowPolicy(_ChunkPolicy):
             (block n's embedding row follows the observation window and the presence flag). Such a
             policy trains with ``fit(..., pool="ou")``, all blocks at once; its file stores the
             network once. Default ``False``: a network per block.
-        prediction: ``"velocity"`` (default: each block network outputs the velocity) or
-            ``"data"`` (it outputs the data side's end of the path, which
-            :class:`~torchcfm_local.prediction.DataPrediction` turns into the velocity of
-            ``matcher``'s path; needs torchcfm's linear or trigonometric matcher with sigma = 0).
+        prediction: ``"velocity"`` (default: every block network outputs the velocity) or
+            ``"data"``: block 1's network (the global flow's only one) outputs the action chunk at
+            the data end of its path, which :class:`~torchcfm_local.prediction.DataPrediction`
+            turns into the velocity of ``matcher``'s path (torchcfm's linear or trigonometric
+            matcher with sigma = 0); the other blocks keep predicting the velocity
+            (:func:`~torchcfm_local.prediction.block_networks`).
     """
 
     def __init__(self, obs_dims: dict, action_dim: int, *, n_obs_steps: int = 2, horizon: int = 16,
@@ -254,10 +256,8 @@ class FlowPolicy(_ChunkPolicy):
             return MLP(self.horizon * self.action_dim, cond_features=features + k,
                        **{**POLICY_MLP, **self.network_config})
 
-        factory = SharedVelocity(core(), n_blocks, k).block if self.shared else core
-        if self.prediction == "velocity":
-            return factory
-        return lambda n=None: DataPrediction(factory(n), self._path)
+        return block_networks(SharedVelocity(core(), n_blocks, k).block if self.shared else core, self.prediction,
+                              self._path)
 
     def fit(self, demos: Demos, *, epochs: Optional[float] = None, batches_per_block: Optional[int] = None,
             batch_size: int = 256, lr: Optional[float] = None, cond_dropout: float = 0.0,

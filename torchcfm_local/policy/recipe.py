@@ -144,10 +144,11 @@ class PolicyRecipe:
             where LFM's blocks had been step-starved. Its cost: at equal epochs LFM's training
             takes more wall time than with ``"same"`` (smaller batches, as many steps per block
             as the global flow).
-        prediction: what every flow network outputs: ``"velocity"`` (default) or ``"data"``, the
-            data-side end of its path, turned into the path's velocity
-            (:class:`~torchcfm_local.prediction.DataPrediction`), for both flows alike. The
-            regression baseline ignores it.
+        prediction: what block 1's network outputs, in both flows: ``"velocity"`` (default) or
+            ``"data"``, the action chunk at the data end of its path, turned into the path's
+            velocity (:mod:`torchcfm_local.prediction`). Block 1 is the global flow's only block
+            and the one LFM block whose data side is the demos; LFM's other blocks predict the
+            velocity either way. The regression baseline ignores it.
     """
 
     h0: float = _knob(0.25, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
@@ -172,8 +173,9 @@ class PolicyRecipe:
                          "as the separate blocks (needs --pool ou)", _bool)
     free_share: Optional[float] = _knob(None, "share of LFM's batches for the free (last) block, e.g. 0.5 (none: "
                                         "equal shares)", _optional_float)
-    prediction: str = _knob("velocity", "what each flow network predicts: velocity, or data (the data-side end of "
-                            "its path, turned into the path's velocity)", choices=PREDICTIONS)
+    prediction: str = _knob("velocity", "what block 1's network predicts (the global flow's only block): velocity, or "
+                            "data (the action chunk at its path's data end, turned into the path's velocity)",
+                            choices=PREDICTIONS)
     block_batch: str = _knob("split", "windows per step of each LFM block: same (batch_size) or split (batch_size / "
                              "blocks: every block takes the global flow's optimizer steps)", choices=BLOCK_BATCHES)
 
