@@ -5,6 +5,7 @@
     lfm-policy train --demos demos/point.npz --h0 0.2 --rho 1.25 --path linear --lr 1e-4 \
         --weight-decay 1e-6 --warmup 500 --lr-decay cosine --ema-decay 0.999 --out policies/point_dp.pt
     lfm-policy train --demos demos/point.npz --pool ou --shared --lr-decay cosine --out policies/point_shared.pt
+    lfm-policy train --demos demos/point.npz --method global --prediction data --out policies/point_global_data.pt
     lfm-policy eval --task point --policy policies/point_lfm.pt --episodes 100
     lfm-policy export --demos demos/point.npz --to robomimic --out demos/point.hdf5
 
