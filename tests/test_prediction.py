@@ -53,6 +53,10 @@ def test_data_prediction_refuses_paths_whose_velocity_it_cannot_write():
         DataPrediction(nn.Identity(), "trig", eps=0.0)
     with pytest.raises(ValueError, match="prediction"):
         FlowPolicy({"pos": 2}, 2, network="mlp", prediction="noise")
+    with pytest.raises(ValueError, match="shared"):  # a shared network's block views cannot be wrapped
+        FlowPolicy({"pos": 2}, 2, network="mlp", shared=True, prediction="data")
+    with pytest.raises(ValueError, match="shared"):
+        PolicyRecipe(pool="ou", shared=True, prediction="data")
 
 
 def test_a_data_predicting_policy_trains_and_its_file_rebuilds_the_same_path(tmp_path):

@@ -195,3 +195,39 @@ def test_cpu_optimizer_skips_the_per_step_gpu_check(monkeypatch):
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     weighted = OptimConfig(lr=0.1, weight_decay=0.01).optimizer(torch.nn.Linear(3, 2).parameters())
     assert isinstance(weighted, torch.optim.AdamW) and "_accelerator_graph_capture_health_check" in vars(weighted)
+
+
+class _ExplodesAfterTraining(torch.nn.Module):
+    """A velocity MLP that returns Inf once ``explode`` is set (by the fit's callback after its last step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.explode = tl.MLP(2, width=8, depth=1), False
+
+    def forward(self, t, x):
+        v = self.net(t, x)
+        return v * float("inf") if self.explode else v
+
+
+def test_a_failed_report_push_through_the_last_block_keeps_the_trained_model(tmp_path):
+    lfm = tl.LocalFlowMatching(2, tl.OUSchedule(0.2, 1.0, 2), velocity_factory=lambda n: _ExplodesAfterTraining())
+
+    def callback(block, step, loss):  # after block 2's last step, its encode gives Inf
+        if block == 2 and step == 5:
+            lfm.nets[1].explode = True
+
+    with pytest.warns(RuntimeWarning, match="report left out"):
+        result = lfm.fit(torch.randn(200, 2), batches_per_block=5, batch_size=32, progress=False, callback=callback,
+                         checkpoint_dir=tmp_path / "run")
+    assert lfm.n_trained == 2 and result.blocks[-1].pool is None
+    saved = tl.LocalFlowMatching.load(tmp_path / "run" / "model.pt", velocity_factory=lambda n: _ExplodesAfterTraining())
+    assert saved.n_trained == 2  # saved, not lost
+    # a block before the last one feeds the next block's pool: there the same failure still stops the fit
+    lfm2 = tl.LocalFlowMatching(2, tl.OUSchedule(0.2, 1.0, 2), velocity_factory=lambda n: _ExplodesAfterTraining())
+
+    def first(block, step, loss):
+        if block == 1 and step == 5:
+            lfm2.nets[0].explode = True
+
+    with pytest.raises(FloatingPointError, match="block 1"):
+        lfm2.fit(torch.randn(200, 2), batches_per_block=5, batch_size=32, progress=False, callback=first)

@@ -235,6 +235,8 @@ class FlowPolicy(_ChunkPolicy):
             raise ValueError(f"shared must be True or False, got {shared!r}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if shared and prediction != "velocity":
+            raise ValueError("prediction='data' works with a network per block, not with shared=True")
         self.network, self.network_config, self.shared = network, dict(network_config or {}), shared
         self.guidance, self.prediction = guidance, prediction
         schedule = schedule or DEFAULT_LFM_SCHEDULE

@@ -148,7 +148,7 @@ class PolicyRecipe:
             ``"data"``, the action chunk at the data end of its path, turned into the path's
             velocity (:mod:`torchcfm_local.prediction`). Block 1 is the global flow's only block
             and the one LFM block whose data side is the demos; LFM's other blocks predict the
-            velocity either way. The regression baseline ignores it.
+            velocity either way. Not with ``shared``. The regression baseline ignores it.
     """
 
     h0: float = _knob(0.25, "first OU step of the LFM schedule (paper, robotics: 0.15-0.2)", float)
@@ -201,6 +201,8 @@ class PolicyRecipe:
             raise ValueError(f"shared=True needs pool='ou', got pool={self.pool!r}: blocks that share one network "
                              "are trained jointly, each on the OU marginal of the demos (with the pushforward pool, "
                              "training block n would move the weights of the blocks trained before it)")
+        if self.shared and self.prediction != "velocity":
+            raise ValueError("prediction='data' works with a network per LFM block, not with shared=True")
         check_free_share(self.free_share)
         self.optim  # checks lr, weight_decay, warmup and ema_decay
         OUSchedule(self.h0, self.rho, self.blocks)  # checks that the steps stay finite

@@ -16,6 +16,7 @@ over all blocks (:mod:`.joint`), with the same run, checkpoints and resume.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -188,8 +189,16 @@ class _FitRun:
         report = BlockReport(n, lfm.schedule.step(n), loop.step, loop.losses, loop.seconds,
                              resumed_from=loop.resumed_from)
         if self.pushes and (n < lfm.n_blocks or config.encode_final_pool):
-            report.pushforward_seconds, report.pushforward_nfe, report.pool, choice = self.pool.push(
-                lfm, n, config.pushforward_ode, config.progress, tol=config.pushforward_tol)
+            try:
+                report.pushforward_seconds, report.pushforward_nfe, report.pool, choice = self.pool.push(
+                    lfm, n, config.pushforward_ode, config.progress, tol=config.pushforward_tol)
+            except FloatingPointError as err:
+                if n < lfm.n_blocks:
+                    raise
+                # the last push only feeds the report (encode_final_pool): keep the trained block
+                warnings.warn(f"{err}; this push through the last block only reports how close the encoded "
+                              "data is to N(0, I), so the block is kept and the report left out", RuntimeWarning)
+                choice = None
             if choice is not None:
                 report.pushforward_steps, report.pushforward_error = choice.steps, choice.error
                 report.pushforward_probe_seconds = choice.seconds
