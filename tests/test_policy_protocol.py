@@ -11,6 +11,7 @@ from torchcfm.conditional_flow_matching import ConditionalFlowMatcher, VarianceP
 import torchcfm_local as tl
 from torchcfm_local.policy import collect_demos, load_policy, save_demos
 from torchcfm_local.policy.policy import DEFAULT_LFM_SCHEDULE, _free_share_split
+from torchcfm_local.prediction import DataPrediction
 from torchcfm_local.policy.cli import build_policy, main as cli_main
 from torchcfm_local.policy.protocol import checkpoint_epochs, summarize, train_checkpoints
 from torchcfm_local.policy.recipe import PolicyRecipe
@@ -20,7 +21,7 @@ from bench_scripts import load_benchmark
 KNOBS = {"h0": 0.2, "rho": 1.25, "blocks": 3, "path": "linear", "network": "mlp", "activation": "softplus20",
          "n_freq": 1, "width": 16, "epochs": 1.0,
          "batch_size": 64, "lr": 3e-4, "weight_decay": 1e-4, "warmup": 2, "lr_decay": "cosine", "ema_decay": 0.9,
-         "pool": "ou", "shared": False, "free_share": 0.5, "block_batch": "split"}
+         "pool": "ou", "shared": False, "free_share": 0.5, "block_batch": "split", "prediction": "data"}
 
 
 def _flags(knobs):
@@ -65,7 +66,9 @@ def test_every_cli_knob_reaches_the_policy_and_its_file(demos, tmp_path, capsys,
     per_block = math.ceil(n_windows / block_batch / blocks)
     expected = _free_share_split(3 * per_block, 3, 0.5) if blocks == 3 else per_block  # the knob reaches fit
     assert options["batch_size"] == block_batch and options["batches_per_block"] == expected, options
-    config = policy.flow.nets[0].config
+    assert policy.prediction == "data" and isinstance(policy.flow.nets[0], DataPrediction)
+    assert policy.flow.nets[0].path == "linear"
+    config = policy.flow.nets[0].net.config
     assert config["width"] >= 16 and config["activation"] == "softplus20" and config["n_freq"] == 1
     assert policy.network == "mlp"
 
