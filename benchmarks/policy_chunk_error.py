@@ -63,7 +63,8 @@ def split_episodes(demos: Demos, holdout: float) -> tuple[Demos, Demos]:
 def chunk_scores(policy, obs: torch.Tensor, action: torch.Tensor, keys: list, dims: dict, seed: int,
                  samples: int = 1) -> dict:
     """Scores of ``samples`` sampled chunks per window against the expert's actions at the same
-    steps (the ``n_action_steps`` executed ones, from the window's last observation on): ``mse_per_dim`` (array), ``mse``, ``energy`` (energy score; with one sample, the mean
+    steps (the ``n_action_steps`` executed ones, from the window's last observation on):
+    ``mse_per_dim`` (array), ``mse``, ``energy`` (energy score; with one sample, the mean
     distance) and ``spread`` (sample variance per coordinate, averaged; 0 with one sample)."""
     parts = torch.split(obs, [dims[k] for k in keys], dim=2)
     obs_dict = {k: p.numpy() for k, p in zip(keys, parts)}
