@@ -40,7 +40,7 @@ import torch
 
 from torchcfm_local.bench.report import write_results
 from torchcfm_local.policy import TASKS, collect_demos, make_env
-from torchcfm_local.policy.cli import parse_methods
+from torchcfm_local.policy.cli import parse_bench_args
 from torchcfm_local.policy.policy import POLICY_RK4_STEPS
 from torchcfm_local.policy.protocol import checkpoint_epochs, run_protocol, summarize
 from torchcfm_local.policy.recipe import PolicyRecipe
@@ -69,17 +69,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, PolicyRecipe]:
     PolicyRecipe.add_arguments(parser)
     if "--quick" in argv:
         parser.set_defaults(**QUICK)
-    args = parser.parse_args(argv)
-    try:
-        args.methods = parse_methods(args.methods, METHODS)
-    except ValueError as err:
-        parser.error(str(err))
-    if args.seeds < 1 or args.episodes < 1 or args.last < 1 or args.demos < 1 or args.demo_batch < 1:
-        parser.error("--seeds, --episodes, --last, --demos and --demo-batch must be >= 1")
-    try:
-        return args, PolicyRecipe.from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
+    return parse_bench_args(parser, argv, METHODS, ("seeds", "episodes", "last", "demos", "demo_batch"))
 
 
 def chunk_figure(policies, demos, path):

@@ -37,7 +37,7 @@ import numpy as np
 from torchcfm_local.bench.report import write_results
 from torchcfm_local.bench.seeds import mean_se
 from torchcfm_local.policy import collect_demos, make_env
-from torchcfm_local.policy.cli import parse_methods
+from torchcfm_local.policy.cli import parse_bench_args
 from torchcfm_local.policy.protocol import train_checkpoints
 from torchcfm_local.policy.recipe import PolicyRecipe
 from torchcfm_local.policy.rollout import evaluate
@@ -196,14 +196,7 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default="pillar_outcomes")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     PolicyRecipe.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        args.methods = parse_methods(args.methods, METHODS)
-    except ValueError as err:
-        parser.error(str(err))
-    if min(args.demos, args.demo_batch, args.seeds, args.episodes) < 1:
-        parser.error("--demos, --demo-batch, --seeds and --episodes must be >= 1")
-    recipe = PolicyRecipe.from_args(args)
+    args, recipe = parse_bench_args(parser, argv, METHODS, ("demos", "demo_batch", "seeds", "episodes"))
     rows, extra = run(args, recipe)
     summary = summarize(rows, args.methods, args.seeds)
     out = Path(args.out)

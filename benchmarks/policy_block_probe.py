@@ -24,7 +24,6 @@ Writes ``benchmarks/results/<name>.{json,md}`` (default ``policy_block_probe_<ta
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -32,16 +31,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import policy_chunk_error  # noqa: E402  (the held-out split, next to this script)
+import policy_chunk_error  # noqa: E402  (the held-out split and flags, next to this script)
 
 from torchcfm_local.bench.report import write_results  # noqa: E402
 from torchcfm_local.bench.seeds import mean_se  # noqa: E402
-from torchcfm_local.policy import TASKS  # noqa: E402
-from torchcfm_local.policy.cli import parse_methods  # noqa: E402
 from torchcfm_local.policy.protocol import train_checkpoints  # noqa: E402
 from torchcfm_local.policy.recipe import PolicyRecipe  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("global", "lfm")
 COLUMNS = ("ou", "encoded", "sampled", "undone")
 
@@ -116,29 +112,10 @@ def table(rows: list[dict], args, recipe: PolicyRecipe, meta: dict) -> tuple[str
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="point", choices=sorted(TASKS))
-    parser.add_argument("--demos", type=int, default=60)
-    parser.add_argument("--demo-batch", type=int, default=25)
-    parser.add_argument("--holdout", type=float, default=0.2, help="share of the episodes held out")
-    parser.add_argument("--windows", type=int, default=400, help="held-out windows")
-    parser.add_argument("--samples", type=int, default=4, help="noise draws per window")
-    parser.add_argument("--methods", default="global,lfm")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--name", default=None, help="output name (default policy_block_probe_<task>)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    PolicyRecipe.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        args.methods = parse_methods(args.methods, METHODS)
-    except ValueError as err:
-        parser.error(str(err))
-    if min(args.demos, args.demo_batch, args.windows, args.seeds, args.samples) < 1:
-        parser.error("--demos, --demo-batch, --windows, --seeds and --samples must be >= 1")
-    recipe = PolicyRecipe.from_args(args)
+    args, recipe = policy_chunk_error.parse_held_out(__doc__, "policy_block_probe", METHODS, argv)
     rows, meta = run(args, recipe)
     text, summary = table(rows, args, recipe, meta)
-    write_results(args.out, args.name or f"policy_block_probe_{args.task}",
+    write_results(args.out, args.name,
                   {"args": vars(args), "recipe": recipe.to_dict(), **meta, "summary": summary, "runs": rows}, text)
     print(text)
     return 0

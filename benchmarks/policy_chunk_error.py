@@ -38,7 +38,7 @@ from torchcfm_local.bench.report import write_results
 from torchcfm_local.bench.seeds import mean_se
 from torchcfm_local.policy import TASKS, collect_demos
 from torchcfm_local.policy.demos import Demos, windows
-from torchcfm_local.policy.cli import parse_methods
+from torchcfm_local.policy.cli import parse_bench_args
 from torchcfm_local.policy.protocol import train_checkpoints
 from torchcfm_local.policy.recipe import PolicyRecipe
 
@@ -82,6 +82,33 @@ def chunk_scores(policy, obs: torch.Tensor, action: torch.Tensor, keys: list, di
     spread = float(draws.var(axis=0, ddof=1).mean()) if samples > 1 else 0.0
     return {"mse_per_dim": err, "mse": float(err.mean()), "energy": float(to_expert - 0.5 * between),
             "spread": spread}
+
+
+def held_out_parser(doc: str, default_name: str) -> argparse.ArgumentParser:
+    """The flags of a held-out-window benchmark (this script and ``policy_block_probe.py``): task,
+    demos, the split, windows, samples per window, methods, seeds, output, and the recipe's;
+    ``--name`` defaults to ``<default_name>_<task>``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--task", default="point", choices=sorted(TASKS))
+    parser.add_argument("--demos", type=int, default=60)
+    parser.add_argument("--demo-batch", type=int, default=25)
+    parser.add_argument("--holdout", type=float, default=0.2, help="share of the episodes held out")
+    parser.add_argument("--windows", type=int, default=400, help="held-out windows")
+    parser.add_argument("--samples", type=int, default=4, help="draws per window (flows)")
+    parser.add_argument("--methods", default="global,lfm")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--name", default=None, help=f"output name (default {default_name}_<task>)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    PolicyRecipe.add_arguments(parser)
+    return parser
+
+
+def parse_held_out(doc: str, default_name: str, methods, argv=None) -> tuple[argparse.Namespace, PolicyRecipe]:
+    """``(args, recipe)`` of :func:`held_out_parser`'s flags, checked; ``args.name`` filled in."""
+    args, recipe = parse_bench_args(held_out_parser(doc, default_name), argv, methods,
+                                    ("demos", "demo_batch", "windows", "seeds", "samples"))
+    args.name = args.name or f"{default_name}_{args.task}"
+    return args, recipe
 
 
 def held_out_windows(args) -> tuple[Demos, Demos, Demos, torch.Tensor, torch.Tensor]:
@@ -145,29 +172,10 @@ def table(rows: list[dict], args, recipe: PolicyRecipe, meta: dict) -> tuple[str
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="point", choices=sorted(TASKS))
-    parser.add_argument("--demos", type=int, default=60)
-    parser.add_argument("--demo-batch", type=int, default=25)
-    parser.add_argument("--holdout", type=float, default=0.2, help="share of the episodes held out")
-    parser.add_argument("--windows", type=int, default=400, help="held-out windows scored")
-    parser.add_argument("--samples", type=int, default=4, help="sampled chunks per window (flows)")
-    parser.add_argument("--methods", default="global,lfm")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--name", default=None, help="output name (default policy_chunk_error_<task>)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    PolicyRecipe.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        args.methods = parse_methods(args.methods, METHODS)
-    except ValueError as err:
-        parser.error(str(err))
-    if min(args.demos, args.demo_batch, args.windows, args.seeds, args.samples) < 1:
-        parser.error("--demos, --demo-batch, --windows, --seeds and --samples must be >= 1")
-    recipe = PolicyRecipe.from_args(args)
+    args, recipe = parse_held_out(__doc__, "policy_chunk_error", METHODS, argv)
     rows, meta = run(args, recipe)
     text, summary = table(rows, args, recipe, meta)
-    write_results(args.out, args.name or f"policy_chunk_error_{args.task}",
+    write_results(args.out, args.name,
                   {"args": vars(args), "recipe": recipe.to_dict(), **meta, "summary": summary, "runs": rows}, text)
     print(text)
     return 0

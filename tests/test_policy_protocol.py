@@ -369,6 +369,27 @@ def test_chunk_scores_match_the_energy_score_by_hand():
     assert score["spread"] == pytest.approx(2.0)  # sample variance of {3, 1}, ddof = 1
 
 
+def test_parse_bench_args_names_the_flags_that_are_too_low_and_checks_the_recipe(capsys):
+    import argparse
+
+    from torchcfm_local.policy.cli import parse_bench_args
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--methods", default="global,lfm")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--demo-batch", type=int, default=2)
+    PolicyRecipe.add_arguments(parser)
+    args, recipe = parse_bench_args(parser, ["--methods", "lfm"], ("global", "lfm"), ("seeds", "demo_batch"))
+    assert args.methods == ["lfm"] and recipe == PolicyRecipe()
+    for argv, message in ((["--demo-batch", "0"], "--demo-batch must be >= 1"),
+                          (["--methods", "regression"], "subset of global,lfm"),
+                          (["--pool", "pushforward", "--shared"], "needs pool='ou'")):
+        with pytest.raises(SystemExit):
+            parse_bench_args(parser, argv, ("global", "lfm"), ("seeds", "demo_batch"))
+        error = capsys.readouterr().err.strip().splitlines()[-1]  # the line after the usage
+        assert message in error and "--seeds" not in error
+
+
 def test_parse_methods_keeps_the_order_and_refuses_unknown_or_empty_lists():
     from torchcfm_local.policy.cli import parse_methods
 

@@ -38,6 +38,8 @@ PREDICTIONS = ("velocity", "data")
 #: at about 62 (trigonometric path) and leaves the velocity finite at ``t = 1``, where RK4's last
 #: stage evaluates it
 DEFAULT_EPS = 0.2
+#: the paths whose velocity :class:`DataPrediction` writes: torchcfm's trigonometric (variance
+#: preserving) and linear (OT) paths with sigma = 0 (also the policy recipe's ``path`` values)
 PATHS = ("trig", "linear")
 
 

@@ -50,6 +50,25 @@ def parse_methods(text: str, allowed=METHODS) -> list[str]:
     return methods
 
 
+def parse_bench_args(parser: argparse.ArgumentParser, argv, methods, at_least_one=()) -> tuple:
+    """Parse a policy benchmark's flags: ``(args, recipe)``.
+
+    ``parser`` has a ``--methods`` flag and the recipe's (:meth:`PolicyRecipe.add_arguments`);
+    ``args.methods`` becomes the list :func:`parse_methods` reads from it (within ``methods``),
+    every flag named in ``at_least_one`` (``"demo_batch"`` for ``--demo-batch``) must be >= 1,
+    and the recipe is checked; any bad value exits with argparse's usage message.
+    """
+    args = parser.parse_args(argv)
+    try:
+        args.methods = parse_methods(args.methods, methods)
+    except ValueError as err:
+        parser.error(str(err))
+    low = [f"--{name.replace('_', '-')}" for name in at_least_one if getattr(args, name) < 1]
+    if low:
+        parser.error(f"{', '.join(low)} must be >= 1")
+    return args, _recipe(parser, args)
+
+
 def build_policy(method: str, obs_dims: dict, action_dim: int, network: "str | None" = None,
                  width: "int | None" = None, lfm_blocks: "int | None" = None, *,
                  recipe: "PolicyRecipe | None" = None) -> "FlowPolicy | RegressionPolicy":

@@ -21,14 +21,12 @@ from typing import Optional
 
 from .._checks import is_int, positive_float
 from ..networks import ACTIVATIONS
-from ..prediction import PREDICTIONS
+from ..prediction import PATHS, PREDICTIONS  # PATHS: the ``path`` values
 from ..schedule import OUSchedule
 from ..training.loop import OptimConfig
 
 __all__ = ["PolicyRecipe", "PATHS", "NETWORKS", "LR_DECAYS", "POOLS", "BLOCK_BATCHES"]
 
-#: ``path`` values: torchcfm's trigonometric (variance-preserving) path or its linear (OT) path, both sigma = 0.
-PATHS = ("trig", "linear")
 #: ``network`` values of a flow policy (the regression baseline is always an MLP).
 NETWORKS = ("mlp", "unet")
 #: ``lr_decay`` values.
