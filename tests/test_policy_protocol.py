@@ -415,3 +415,21 @@ def test_policy_block_probe_checks_every_block_against_the_ou_chain(tmp_path):
             assert row["encoded"] == 0 and row["undone"] is None
         else:
             assert row["encoded"] > 0 and row["undone"] > 0
+
+
+def test_policy_paired_runs_pairs_seed_by_seed(tmp_path, capsys):
+    script = load_benchmark("policy_paired_runs")
+
+    def write(name, rates):  # rates: {(method, seed, epochs): success}
+        records = [{"method": m, "seed": s, "epochs": e, "success_rate": r} for (m, s, e), r in rates.items()]
+        (tmp_path / name).write_text(json.dumps({"results": {"records": records}}))
+
+    write("new.json", {("global", 0, 50.0): 0.9, ("global", 1, 50.0): 0.7, ("lfm", 0, 50.0): 0.5})
+    write("base.json", {("global", 0, 50.0): 0.6, ("global", 1, 50.0): 0.6, ("global", 2, 50.0): 0.1,
+                        ("lfm", 0, 50.0): 0.4, ("lfm", 1, 50.0): 0.3})
+    assert script.main([str(tmp_path / "new.json"), str(tmp_path / "base.json")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    # seed 2 is only in the base run, so it is left out: differences +0.3 and +0.1
+    assert rows[0] == "| global | global | 50 | 2 | 0.80 | 0.60 | +0.20 ± 0.10 |"
+    assert rows[1] == "| lfm | lfm | 50 | 1 | 0.50 | 0.40 | +0.10 |"
+    assert rows[2] == "| global | lfm | 50 | 2 | 0.80 | 0.35 | +0.45 ± 0.05 |"
