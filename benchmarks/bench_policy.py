@@ -18,7 +18,8 @@ Every recipe flag (``--h0 --rho --blocks --path --network --activation --n-freq 
 :class:`torchcfm_local.policy.recipe.PolicyRecipe`, as in ``lfm-policy train``.
 
 Protocol (:mod:`torchcfm_local.policy.protocol`, Diffusion Policy's): one demo set (``--demos``
-expert episodes, seed 0); for every method and training seed (``--seeds``, default 3) checkpoints
+expert episodes, seed 0); for every method and training seed (``--seeds``, default 3, from
+``--first-seed``, default 0) checkpoints
 every ``--eval-every`` epochs up to ``--epochs``, each evaluated on the same ``--episodes`` (50)
 initial states (evaluation seed ``--eval-seed``, 1000); per method the max over checkpoints and
 the mean of the last 3, each as mean ± SE over training seeds. The checkpoint at epoch e is the
@@ -59,7 +60,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, PolicyRecipe]:
     parser.add_argument("--demo-batch", type=int, default=100,
                         help="expert episodes stepped together (robosuite: ~150 MB of memory each)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..seeds-1")
+    parser.add_argument("--seeds", type=int, default=3, help="how many training seeds")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first training seed (seeds first..first+seeds-1), to split one protocol over runs")
     parser.add_argument("--eval-every", type=float, default=20, help="epochs between checkpoints")
     parser.add_argument("--last", type=int, default=3, help="checkpoints averaged at the end")
     parser.add_argument("--episodes", type=int, default=50, help="test initial states per checkpoint")
@@ -69,7 +72,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, PolicyRecipe]:
     PolicyRecipe.add_arguments(parser)
     if "--quick" in argv:
         parser.set_defaults(**QUICK)
-    return parse_bench_args(parser, argv, METHODS, ("seeds", "episodes", "last", "demos", "demo_batch"))
+    args, recipe = parse_bench_args(parser, argv, METHODS, ("seeds", "episodes", "last", "demos", "demo_batch"))
+    if args.first_seed < 0:
+        parser.error("--first-seed must be >= 0")
+    return args, recipe
 
 
 def chunk_figure(policies, demos, path):
@@ -179,11 +185,13 @@ def main(argv=None) -> int:
     env = make_env(args.task)
     final = {}
 
-    def keep_final(method, seed, ckpt):  # the chunk figure shows seed 0's final checkpoints
-        if seed == 0 and ckpt.epochs == grid[-1]:
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+
+    def keep_final(method, seed, ckpt):  # the chunk figure shows the first seed's final checkpoints
+        if seed == seeds[0] and ckpt.epochs == grid[-1]:
             final[method] = ckpt.policy
 
-    records = run_protocol(args.methods, demos, env, recipe, grid, range(args.seeds), args.episodes,
+    records = run_protocol(args.methods, demos, env, recipe, grid, seeds, args.episodes,
                            args.eval_seed, on_checkpoint=keep_final)
     summary = summarize(records, args.last, args.methods)
     name = f"policy_{args.task}" + ("" if recipe.network == "mlp" else f"_{recipe.network}") + \
@@ -195,7 +203,7 @@ def main(argv=None) -> int:
     if args.task == "point":
         chunk_figure(final, demos, out / f"{name}_chunks.png")
     text = table(args, recipe, summary, demos, grid, name)
-    protocol = {"checkpoint_epochs": grid, "seeds": list(range(args.seeds)), "episodes": args.episodes,
+    protocol = {"checkpoint_epochs": grid, "seeds": seeds, "episodes": args.episodes,
                 "eval_seed": args.eval_seed, "last": args.last, "demos": args.demos, "demo_batch": args.demo_batch,
                 "task": args.task}
     write_results(out, name, {"recipe": recipe.to_dict(), "protocol": protocol, "summary": summary,

@@ -186,6 +186,18 @@ def test_bench_quick_runs_end_to_end(tmp_path):
         assert (tmp_path / f"policy_point_quick{suffix}").stat().st_size > 0
 
 
+def test_bench_first_seed_runs_the_named_seeds(tmp_path):
+    argv = ["--quick", "--demos", "6", "--width", "16", "--episodes", "2", "--epochs", "1", "--eval-every", "1",
+            "--methods", "regression", "--seeds", "2", "--first-seed", "3", "--out", str(tmp_path)]
+    bench = load_benchmark("bench_policy")
+    assert bench.main(argv) == 0
+    results = json.loads((tmp_path / "policy_point_quick.json").read_text())["results"]
+    assert results["protocol"]["seeds"] == [3, 4]
+    assert sorted(r["seed"] for r in results["records"]) == [3, 4]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--first-seed", "-1"])
+
+
 def _fake_run(directory, recipe, success, seconds=None):
     """A bench_policy result file with ``success[method][seed]`` = that seed's curve (epochs 10, 20)
     and, given ``seconds`` (the same layout), the training seconds of each checkpoint."""
