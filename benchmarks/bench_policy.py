@@ -152,11 +152,13 @@ def lfm_description(recipe) -> str:
     return text
 
 
-def table(args, recipe, summary, demos, grid, name) -> str:
-    seeds = args.seeds
-    lines = [f"## {args.task} task: success rate over {args.episodes} fixed test states, mean ± SE over {seeds} "
-             f"training seed(s)", "",
-             f"| method | parameters | checkpoints | max over checkpoints | mean of last {min(args.last, len(grid))} "
+def table(protocol: dict, recipe, summary, demo_meta: dict, name: str, with_chunks: bool = True) -> str:
+    """The markdown of a run (or of several runs merged): ``protocol`` and ``demo_meta`` as the json
+    stores them; ``with_chunks``: name the point task's chunk figure."""
+    grid, seeds, last = protocol["checkpoint_epochs"], protocol["seeds"], protocol["last"]
+    lines = [f"## {protocol['task']} task: success rate over {protocol['episodes']} fixed test states, mean ± SE over "
+             f"{len(seeds)} training seed(s) ({', '.join(map(str, seeds))})", "",
+             f"| method | parameters | checkpoints | max over checkpoints | mean of last {min(last, len(grid))} "
              "| NFE per chunk | ms per chunk |", "|---|---|---|---|---|---|---|"]
     for method, row in summary.items():
         latency = {k: None if v is None else 1e3 * v for k, v in row["seconds_per_chunk"].items() if k != "values"}
@@ -165,16 +167,17 @@ def table(args, recipe, summary, demos, grid, name) -> str:
     lines += ["", "| method | " + " | ".join(f"{e:g} ep" for e in grid) + " |", "|---|" + "---|" * len(grid)]
     for method, row in summary.items():
         lines.append(f"| {method} | " + " | ".join(_pm(p) for p in row["curve"]) + " |")
+    steps = f", {demo_meta['steps']} steps" if "steps" in demo_meta else ""
     lines += ["", f"Recipe: `{recipe.to_dict()}`.",
-              f"Demos: {args.demos} expert episodes (expert success {demos.meta['expert_success_rate']:.2f}), "
-              f"{demos.action.shape[0]} steps. Policies: To=2, H=16, Ta=8; {lfm_description(recipe)}; the global "
+              f"Demos: {protocol['demos']} expert episodes (expert success {demo_meta['expert_success_rate']:.2f})"
+              f"{steps}. Policies: To=2, H=16, Ta=8; {lfm_description(recipe)}; the global "
               f"network is widened to LFM's parameters; sampling: RK4, "
               f"{recipe.blocks * math.ceil(POLICY_RK4_STEPS / recipe.blocks)} steps over all blocks for both flows.",
               "Checkpoint at epoch e = the policy a total budget of e epochs produces (from the same seed): "
               "`snapshot` = read off one run per seed, `run` = one training run per checkpoint (LFM has no "
               "usable policy before all its blocks are trained). "
               "Max and last-k are taken per seed, then mean ± SE over seeds.",
-              f"Figures: `{name}.png`" + (f", `{name}_chunks.png`." if args.task == "point" else ".")]
+              f"Figures: `{name}.png`" + (f", `{name}_chunks.png`." if with_chunks and protocol["task"] == "point" else ".")]
     return "\n".join(lines)
 
 
@@ -202,12 +205,13 @@ def main(argv=None) -> int:
                                                f"{args.episodes} test states")
     if args.task == "point":
         chunk_figure(final, demos, out / f"{name}_chunks.png")
-    text = table(args, recipe, summary, demos, grid, name)
     protocol = {"checkpoint_epochs": grid, "seeds": seeds, "episodes": args.episodes,
                 "eval_seed": args.eval_seed, "last": args.last, "demos": args.demos, "demo_batch": args.demo_batch,
                 "task": args.task}
+    demo_meta = {**demos.meta, "steps": int(demos.action.shape[0])}
+    text = table(protocol, recipe, summary, demo_meta, name)
     write_results(out, name, {"recipe": recipe.to_dict(), "protocol": protocol, "summary": summary,
-                              "records": records, "demos": demos.meta}, text)
+                              "records": records, "demos": demo_meta}, text)
     print(text)
     return 0
 

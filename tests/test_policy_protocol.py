@@ -2,6 +2,7 @@
 import json
 import math
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,6 +197,58 @@ def test_bench_first_seed_runs_the_named_seeds(tmp_path):
     assert sorted(r["seed"] for r in results["records"]) == [3, 4]
     with pytest.raises(SystemExit):
         bench.parse_args(["--first-seed", "-1"])
+
+
+def test_merged_runs_equal_one_run_over_their_seeds(tmp_path):
+    bench, merger = load_benchmark("bench_policy"), load_benchmark("policy_merge_runs")
+    common = ["--quick", "--demos", "6", "--width", "16", "--episodes", "2", "--epochs", "2", "--eval-every", "1",
+              "--methods", "regression,global"]
+    assert bench.main(common + ["--seeds", "2", "--out", str(tmp_path / "both")]) == 0
+    for seed in (0, 1):
+        assert bench.main(common + ["--seeds", "1", "--first-seed", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0
+    parts = [str(tmp_path / f"s{seed}" / "policy_point_quick.json") for seed in (1, 0)]
+    assert merger.main(parts + ["--out", str(tmp_path / "merged")]) == 0
+    whole = json.loads((tmp_path / "both" / "policy_point_quick.json").read_text())["results"]
+    merged = json.loads((tmp_path / "merged" / "policy_point_quick.json").read_text())["results"]
+    assert merged["protocol"] == whole["protocol"] and merged["recipe"] == whole["recipe"]
+    strip = ("seconds_per_chunk", "train_seconds")  # wall time differs between runs; the rest must not
+    assert sorted((r["method"], r["seed"], r["epochs"], r["success_rate"]) for r in merged["records"]) == \
+        sorted((r["method"], r["seed"], r["epochs"], r["success_rate"]) for r in whole["records"])
+    for method, row in whole["summary"].items():
+        assert {k: v for k, v in merged["summary"][method].items() if k not in strip} == \
+            {k: v for k, v in row.items() if k not in strip}
+    assert [s["seeds"] for s in merged["sources"]] == [[1], [0]]
+    assert "over 2 training seed(s) (0, 1)" in (tmp_path / "merged" / "policy_point_quick.md").read_text()
+    with pytest.raises(SystemExit):  # a seed twice
+        merger.main([parts[0], parts[0], "--out", str(tmp_path / "bad")])
+    assert bench.main(common + ["--seeds", "1", "--first-seed", "2", "--lr", "1e-3", "--out", str(tmp_path / "lr")]) == 0
+    with pytest.raises(ValueError, match=r"another recipe than run 1 \(fields \['lr'\]\)"):
+        merger.merge([json.loads(Path(parts[0]).read_text()),
+                      json.loads((tmp_path / "lr" / "policy_point_quick.json").read_text())])
+
+
+def test_merge_pools_the_seeds_of_synthetic_runs():
+    merger = load_benchmark("policy_merge_runs")
+
+    def run(seed, curve):
+        records = [{"method": "lfm", "seed": seed, "epochs": e, "success_rate": v, "seconds_per_chunk": 0.01,
+                    "nfe_per_chunk": 72.0, "parameters": 10, "checkpoint": "run"} for e, v in zip((10.0, 20.0), curve)]
+        protocol = {"checkpoint_epochs": [10.0, 20.0], "seeds": [seed], "episodes": 5, "eval_seed": 1000, "last": 1,
+                    "demos": 6, "demo_batch": 100, "task": "can"}
+        return {"provenance": {}, "results": {"recipe": PolicyRecipe().to_dict(), "protocol": protocol,
+                                              "records": records, "demos": {"expert_success_rate": 1.0}}}
+
+    merged = merger.merge([run(0, [0.2, 0.4]), run(5, [0.6, 0.5]), run(2, [0.1, 0.9])])
+    assert merged["protocol"]["seeds"] == [0, 2, 5]
+    lfm = merged["summary"]["lfm"]
+    assert lfm["max"]["mean"] == pytest.approx((0.4 + 0.6 + 0.9) / 3)
+    assert lfm["last"]["se"] == pytest.approx(statistics.stdev([0.4, 0.5, 0.9]) / math.sqrt(3))
+    other = run(3, [0.1, 0.1])
+    other["results"]["protocol"]["episodes"] = 50
+    with pytest.raises(ValueError, match="episodes=50"):
+        merger.merge([run(0, [0.2, 0.4]), other])
+    with pytest.raises(ValueError, match="at least two"):
+        merger.merge([run(0, [0.2, 0.4])])
 
 
 def _fake_run(directory, recipe, success, seconds=None):

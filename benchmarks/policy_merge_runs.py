@@ -1,0 +1,94 @@
+"""Join ``bench_policy.py`` runs of one protocol that trained different seeds into one result.
+
+Robot tasks at real budgets take longer per seed than one session or machine allows, so a
+protocol's seeds can run in separate invocations (``bench_policy.py --seeds 1 --first-seed S``).
+This reads their json files, checks that they ran the same recipe, task, demos, checkpoints and
+test states and that no seed appears twice, and writes ``<name>.{json,md,png}`` to ``--out`` as
+one ``bench_policy.py`` run over all their seeds would: the same summary (mean ± SE over seeds),
+table and figure. The json lists every source file with its own provenance (command, commit).
+
+    python benchmarks/policy_merge_runs.py RUN.json RUN.json ... --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_policy  # noqa: E402  (the table and figure of a run, next to this script)
+
+from torchcfm_local.bench.report import write_results  # noqa: E402
+from torchcfm_local.policy.protocol import summarize  # noqa: E402
+from torchcfm_local.policy.recipe import PolicyRecipe  # noqa: E402
+
+#: what the runs must share (the protocol's fields but its seeds; the demos' metadata)
+SHARED = ("checkpoint_epochs", "episodes", "eval_seed", "last", "demos", "task")
+
+
+def merge(runs: list[dict]) -> dict:
+    """The ``results`` of one run over the union of ``runs``' seeds (each a loaded json file).
+
+    Raises:
+        ValueError: fewer than two runs, or runs that differ in recipe, protocol or demos, or share a seed.
+    """
+    if len(runs) < 2:
+        raise ValueError(f"give at least two runs to merge, got {len(runs)}")
+    first = runs[0]["results"]
+    for i, run in enumerate(runs[1:], start=2):
+        results = run["results"]
+        if results["recipe"] != first["recipe"]:
+            diff = sorted(k for k in set(first["recipe"]) | set(results["recipe"])
+                          if first["recipe"].get(k) != results["recipe"].get(k))
+            raise ValueError(f"run {i} has another recipe than run 1 (fields {diff})")
+        for key in SHARED:
+            if results["protocol"][key] != first["protocol"][key]:
+                raise ValueError(f"run {i} has protocol {key}={results['protocol'][key]!r}, run 1 "
+                                 f"{first['protocol'][key]!r}")
+        if results["demos"].get("expert_success_rate") != first["demos"].get("expert_success_rate"):
+            raise ValueError(f"run {i} trained on other demos than run 1 (expert success differs)")
+    seeds = [s for run in runs for s in run["results"]["protocol"]["seeds"]]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"seeds {twice} appear in more than one run")
+    records = [r for run in runs for r in run["results"]["records"]]
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    protocol = {**first["protocol"], "seeds": sorted(seeds)}
+    demo_meta = next((run["results"]["demos"] for run in runs if "steps" in run["results"]["demos"]),
+                     first["demos"])
+    return {"recipe": first["recipe"], "protocol": protocol,
+            "summary": summarize(records, protocol["last"], methods), "records": records, "demos": demo_meta}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="bench_policy.py json files")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the merged json, md and png")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.runs if not p.is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
+    runs = [json.loads(p.read_text()) for p in args.runs]
+    try:
+        results = merge(runs)
+    except (ValueError, KeyError) as err:
+        parser.error(f"cannot merge: {err}")
+    name = args.runs[0].stem
+    results["sources"] = [{"file": str(p), "seeds": run["results"]["protocol"]["seeds"],
+                           "provenance": run["provenance"]} for p, run in zip(args.runs, runs)]
+    protocol, summary = results["protocol"], results["summary"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    bench_policy.curve_figure(summary, args.out / f"{name}.png", f"{protocol['task']}: mean ± SE over "
+                              f"{len(protocol['seeds'])} seed(s), {protocol['episodes']} test states")
+    text = bench_policy.table(protocol, PolicyRecipe.from_dict(results["recipe"]), summary, results["demos"], name,
+                              with_chunks=False)  # the chunk figure is one run's
+    text += "\n\nMerged from: " + "; ".join(
+        f"`{s['file']}` (seeds {s['seeds']}, commit {str(s['provenance'].get('commit'))[:7]})" for s in results["sources"])
+    write_results(args.out, name, results, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
