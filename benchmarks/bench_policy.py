@@ -152,9 +152,9 @@ def lfm_description(recipe) -> str:
     return text
 
 
-def table(protocol: dict, recipe, summary, demo_meta: dict, name: str, with_chunks: bool = True) -> str:
-    """The markdown of a run (or of several runs merged): ``protocol`` and ``demo_meta`` as the json
-    stores them; ``with_chunks``: name the point task's chunk figure."""
+def table(protocol: dict, recipe, summary, records, demo_meta: dict, name: str, with_chunks: bool = True) -> str:
+    """The markdown of a run (or of several runs merged): ``protocol``, ``records`` and ``demo_meta``
+    as the json stores them; ``with_chunks``: name the point task's chunk figure."""
     grid, seeds, last = protocol["checkpoint_epochs"], protocol["seeds"], protocol["last"]
     lines = [f"## {protocol['task']} task: success rate over {protocol['episodes']} fixed test states, mean ± SE over "
              f"{len(seeds)} training seed(s) ({', '.join(map(str, seeds))})", "",
@@ -167,6 +167,10 @@ def table(protocol: dict, recipe, summary, demo_meta: dict, name: str, with_chun
     lines += ["", "| method | " + " | ".join(f"{e:g} ep" for e in grid) + " |", "|---|" + "---|" * len(grid)]
     for method, row in summary.items():
         lines.append(f"| {method} | " + " | ".join(_pm(p) for p in row["curve"]) + " |")
+    diverged = [f"{r['method']} seed {r['seed']} at {r['epochs']:g} ep: {r['nonfinite_episodes']}"
+                for r in records if r.get("nonfinite_episodes")]
+    if diverged:
+        lines += ["", "Episodes ended as failures on NaN/Inf actions (a diverged network): " + "; ".join(diverged) + "."]
     steps = f", {demo_meta['steps']} steps" if "steps" in demo_meta else ""
     lines += ["", f"Recipe: `{recipe.to_dict()}`.",
               f"Demos: {protocol['demos']} expert episodes (expert success {demo_meta['expert_success_rate']:.2f})"
@@ -209,7 +213,7 @@ def main(argv=None) -> int:
                 "eval_seed": args.eval_seed, "last": args.last, "demos": args.demos, "demo_batch": args.demo_batch,
                 "task": args.task}
     demo_meta = {**demos.meta, "steps": int(demos.action.shape[0])}
-    text = table(protocol, recipe, summary, demo_meta, name)
+    text = table(protocol, recipe, summary, records, demo_meta, name)
     write_results(out, name, {"recipe": recipe.to_dict(), "protocol": protocol, "summary": summary,
                               "records": records, "demos": demo_meta}, text)
     print(text)

@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     bench_policy.curve_figure(summary, args.out / f"{name}.png", f"{protocol['task']}: mean ± SE over "
                               f"{len(protocol['seeds'])} seed(s), {protocol['episodes']} test states")
-    text = bench_policy.table(protocol, PolicyRecipe.from_dict(results["recipe"]), summary, results["demos"], name,
+    text = bench_policy.table(protocol, PolicyRecipe.from_dict(results["recipe"]), summary, results["records"],
+                              results["demos"], name,
                               with_chunks=False)  # the chunk figure is one run's
     text += "\n\nMerged from: " + "; ".join(
         f"`{s['file']}` (seeds {s['seeds']}, commit {str(s['provenance'].get('commit'))[:7]})" for s in results["sources"])

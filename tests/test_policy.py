@@ -54,6 +54,44 @@ def test_rollout_trace_shows_both_modes(trained):
     assert len(report.chunk_seconds) == len(report.chunk_batch) and report.seconds_per_chunk > 0
 
 
+class _ExpertOrNaN:
+    """A stand-in policy: round the obstacle on the right (via (0.65, 0)) to the goal, except NaN
+    for the episodes whose observation window starts left of x = 0 or, with ``late``, for every
+    episode from the second call on."""
+
+    n_obs_steps, obs_dims = 2, {"pos": 2}
+
+    def __init__(self, late=False):
+        self.calls, self.late = 0, late
+
+    def predict_action(self, obs_dict, generator=None):
+        pos = np.asarray(obs_dict["pos"][:, -1], np.float64)
+        target = np.where(pos[:, 1:] < 0.0, [0.65, 0.0], [0.0, 1.0])  # round the obstacle on the right
+        step = target - pos
+        action = np.repeat((step / np.linalg.norm(step, axis=1, keepdims=True))[:, None], 8, axis=1)
+        bad = obs_dict["pos"][:, 0, 0] < 0.0 if not self.late else np.full(len(pos), self.calls > 0)
+        action[bad] = np.nan
+        self.calls += 1
+        return {"action": torch.from_numpy(action.astype(np.float32))}
+
+
+def test_rollout_ends_episodes_with_nonfinite_actions_as_failures():
+    env = make_env("point")
+    sent = []
+    step = env.step
+    env.step = lambda action: (sent.append(np.asarray(action)), step(action))[1]
+    with pytest.warns(RuntimeWarning, match="returned NaN or Inf"):
+        report = evaluate(_ExpertOrNaN(), env, 40, seed=3)
+    start_x = make_env("point").reset(40, seed=3)["pos"][:, 0]
+    assert (report.nonfinite == (start_x < 0)).all() and 0 < report.nonfinite.sum() < 40
+    assert not report.successes[report.nonfinite].any()
+    assert report.successes[~report.nonfinite].all()  # the others ran on and arrived
+    assert all(np.isfinite(a).all() for a in sent)  # no NaN ever reached the environment
+    with pytest.warns(RuntimeWarning, match="40 of 40 episodes"):
+        late = evaluate(_ExpertOrNaN(late=True), "point", 40, seed=3)
+    assert late.success_rate == 0.0 and late.nonfinite.all() and len(late.chunk_seconds) == 2
+
+
 def test_windows_follow_diffusion_policy_padding():
     obs = np.arange(5, dtype=np.float32)[:, None]
     act = 10 + np.arange(5, dtype=np.float32)[:, None]

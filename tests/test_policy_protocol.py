@@ -238,8 +238,13 @@ def test_merge_pools_the_seeds_of_synthetic_runs():
         return {"provenance": {}, "results": {"recipe": PolicyRecipe().to_dict(), "protocol": protocol,
                                               "records": records, "demos": {"expert_success_rate": 1.0}}}
 
-    merged = merger.merge([run(0, [0.2, 0.4]), run(5, [0.6, 0.5]), run(2, [0.1, 0.9])])
+    diverged = run(5, [0.6, 0.5])
+    diverged["results"]["records"][1]["nonfinite_episodes"] = 3
+    merged = merger.merge([run(0, [0.2, 0.4]), diverged, run(2, [0.1, 0.9])])
     assert merged["protocol"]["seeds"] == [0, 2, 5]
+    text = merger.bench_policy.table(merged["protocol"], PolicyRecipe(), merged["summary"], merged["records"],
+                                     merged["demos"], "policy_can")
+    assert "NaN/Inf actions (a diverged network): lfm seed 5 at 20 ep: 3." in text
     lfm = merged["summary"]["lfm"]
     assert lfm["max"]["mean"] == pytest.approx((0.4 + 0.6 + 0.9) / 3)
     assert lfm["last"]["se"] == pytest.approx(statistics.stdev([0.4, 0.5, 0.9]) / math.sqrt(3))

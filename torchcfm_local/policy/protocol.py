@@ -154,7 +154,7 @@ def run_protocol(methods: Sequence[str], demos, env, recipe: PolicyRecipe, epoch
             records.append({"method": method, "seed": seed, "epochs": ckpt.epochs, "checkpoint": ckpt.kind,
                             "success_rate": report.success_rate, "train_seconds": ckpt.train_seconds,
                             "seconds_per_chunk": report.seconds_per_chunk, "nfe_per_chunk": _nfe(ckpt.policy),
-                            "parameters": ckpt.policy.n_parameters()})
+                            "parameters": ckpt.policy.n_parameters(), "nonfinite_episodes": int(report.nonfinite.sum())})
             if on_checkpoint is not None:
                 on_checkpoint(method, seed, ckpt)
     return records

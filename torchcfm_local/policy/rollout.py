@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -23,6 +24,8 @@ class RolloutReport:
         chunk_seconds: wall time of each ``predict_action`` call (one call serves all live episodes).
         chunk_batch: live episodes in each call.
         trace: observations per step ``{key: (steps + 1, n, D)}`` when ``record=True``.
+        nonfinite: per episode ``(n,)``: ended as a failure because the policy returned NaN or Inf
+            actions for it (they are never sent to the environment).
     """
 
     success_rate: float
@@ -30,6 +33,7 @@ class RolloutReport:
     chunk_seconds: list = field(repr=False)
     chunk_batch: list = field(repr=False)
     trace: Optional[dict] = field(default=None, repr=False)
+    nonfinite: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def seconds_per_chunk(self) -> float:
@@ -44,7 +48,9 @@ def evaluate(policy, task, n_episodes: int = 50, seed: int = 0, record: bool = F
     Observation histories start by repeating the first observation (``n_obs_steps`` copies); each
     call's ``action`` chunk (Ta steps) is executed before the next call. ``seed`` fixes the initial
     states (for robosuite: the object placements; its arm's initial joint noise is unseeded);
-    ``generator_seed`` (default ``seed``) fixes the policy's sampling noise.
+    ``generator_seed`` (default ``seed``) fixes the policy's sampling noise. An episode whose chunk
+    holds NaN or Inf (a diverged network) ends there as a failure, with a warning; the
+    environment never receives those actions (``RolloutReport.nonfinite``).
     """
     env = make_env(task) if isinstance(task, str) else task
     to = policy.n_obs_steps
@@ -53,16 +59,19 @@ def evaluate(policy, task, n_episodes: int = 50, seed: int = 0, record: bool = F
     gen = torch.Generator().manual_seed(seed if generator_seed is None else generator_seed)
     done = np.zeros(n_episodes, bool)
     success = np.zeros(n_episodes, bool)
+    nonfinite = np.zeros(n_episodes, bool)  # ended here: the environment keeps them, holding still
     seconds, batch = [], []
     trace = {k: [obs[k].copy()] for k in obs} if record else None
-    while not done.all():
-        live = np.flatnonzero(~done)
+    while not (done | nonfinite).all():
+        live = np.flatnonzero(~(done | nonfinite))
         start = time.perf_counter()
         chunk = policy.predict_action({k: v[live] for k, v in hist.items()}, generator=gen)["action"].numpy()
         seconds.append(time.perf_counter() - start)
         batch.append(len(live))
+        bad = ~np.isfinite(chunk).all(axis=(1, 2))
+        nonfinite[live[bad]] = True
         actions = np.zeros((n_episodes, chunk.shape[1], chunk.shape[2]), dtype=np.float64)
-        actions[live] = chunk
+        actions[live[~bad]] = chunk[~bad]
         for j in range(chunk.shape[1]):
             obs, done, success = env.step(actions[:, j])
             for k in hist:
@@ -70,8 +79,12 @@ def evaluate(policy, task, n_episodes: int = 50, seed: int = 0, record: bool = F
             if record:
                 for k in obs:
                     trace[k].append(obs[k].copy())
-            if done.all():
+            if (done | nonfinite).all():
                 break
     if record:
         trace = {k: np.stack(v) for k, v in trace.items()}
-    return RolloutReport(float(success.mean()), success, seconds, batch, trace)
+    success = success & ~nonfinite
+    if nonfinite.any():
+        warnings.warn(f"{int(nonfinite.sum())} of {n_episodes} episodes ended as failures: the policy returned NaN or "
+                      "Inf actions for them (a diverged network?)", RuntimeWarning, stacklevel=2)
+    return RolloutReport(float(success.mean()), success, seconds, batch, trace, nonfinite)
