@@ -80,7 +80,8 @@ def test_bench_reads_the_flags_and_describes_shared_blocks(demos):
     stat = {"mean": 0.5, "se": 0.1}
     row = {"parameters": 1000, "checkpoint": "run", "max": stat, "last": stat, "nfe_per_chunk": 64.0,
            "seconds_per_chunk": {"mean": 0.01, "se": None, "values": [0.01]}, "curve": [stat]}
-    text = bench.table(args, recipe, {"lfm": row}, demos, [100.0], "policy_point_shared")
+    protocol = {"checkpoint_epochs": [100.0], "seeds": [0], "last": 3, "episodes": 50, "task": "point", "demos": 200}
+    text = bench.table(protocol, recipe, {"lfm": row}, [], {"expert_success_rate": 1.0}, "policy_point_shared")
     assert f"Recipe: `{recipe.to_dict()}`." in text and "'shared': True" in text
     assert "LFM: 3 blocks" in text and "share one network with a learned block embedding" in text
 

@@ -288,7 +288,9 @@ class FlowPolicy(_ChunkPolicy):
         if free_share is not None and self.flow.n_blocks > 1:
             batches_per_block = _free_share_split(batches_per_block * self.flow.n_blocks, self.flow.n_blocks,
                                                   free_share)
-        fit_kwargs = {"standardize": None, **fit_kwargs}  # the action normalizer already maps onto [-1, 1]
+        # the action normalizer already maps onto [-1, 1]; the push of the windows through the last
+        # block would only report how Gaussian they end up, which a policy never reads
+        fit_kwargs = {"standardize": None, "encode_final_pool": False, **fit_kwargs}
         return self.flow.fit(actions, cond=cond, cond_dropout=cond_dropout, batches_per_block=batches_per_block,
                              batch_size=batch_size, lr=lr, **fit_kwargs)
 

@@ -37,7 +37,8 @@ import torch
 
 from ..bench.seeds import mean_se
 from ..training.loop import EMA
-from .policy import FlowPolicy
+from .flops import chunk_flops, fit_flops, network_flops, steps_flops
+from .policy import FlowPolicy, _block_batch_size
 from .recipe import PolicyRecipe
 from .rollout import evaluate
 
@@ -47,12 +48,14 @@ __all__ = ["Checkpoint", "checkpoint_epochs", "shares_one_run", "train_checkpoin
 @dataclass
 class Checkpoint:
     """A policy at one epoch budget: ``kind`` is ``"snapshot"`` (of one longer run) or ``"run"`` (its own run);
-    ``train_seconds``: wall time of the training that produced it (LFM's pushforwards included)."""
+    ``train_seconds``: wall time of the training that produced it (LFM's pushforwards included);
+    ``train_flops``: its compute (:mod:`~torchcfm_local.policy.flops`)."""
 
     epochs: float
     policy: object
     train_seconds: float
     kind: str
+    train_flops: Optional[float] = None
 
 
 def checkpoint_epochs(total: float, every: float) -> list[float]:
@@ -86,18 +89,29 @@ def train_checkpoints(method: str, demos, recipe: PolicyRecipe, epochs: Sequence
     """
     epochs = sorted(float(e) for e in epochs)
     policy = _build(method, demos, recipe, seed)
+    costs, batch, rows = network_flops(policy), _batch_size(policy, demos, recipe), int(demos.action.shape[0])
     if shares_one_run(policy, recipe):
-        yield from _snapshots(policy, demos, recipe, epochs, seed, progress)
+        yield from _snapshots(policy, demos, recipe, epochs, seed, progress, costs, batch)
         return
     for i, budget in enumerate(epochs):
         if i:
             policy = _build(method, demos, recipe, seed)
         start = time.perf_counter()
-        policy.fit(demos, **{**recipe.fit_options(), "epochs": budget}, seed=seed, progress=progress)
-        yield Checkpoint(budget, policy, time.perf_counter() - start, "run")
+        report = policy.fit(demos, **{**recipe.fit_options(), "epochs": budget}, seed=seed, progress=progress)
+        seconds = time.perf_counter() - start
+        flops = (fit_flops(costs, report, batch, rows) if isinstance(policy, FlowPolicy)
+                 else steps_flops(costs, [len(report)], batch))  # regression: the loss of every step
+        yield Checkpoint(budget, policy, seconds, "run", flops)
 
 
-def _snapshots(policy, demos, recipe: PolicyRecipe, epochs: list, seed: int, progress: bool) -> Iterator[Checkpoint]:
+def _batch_size(policy, demos, recipe: PolicyRecipe) -> int:
+    """Rows per optimizer step of each of ``policy``'s networks when it trains on ``demos`` with ``recipe``."""
+    n_blocks = policy.n_blocks if isinstance(policy, FlowPolicy) else 1
+    return _block_batch_size(recipe.batch_size, int(demos.action.shape[0]), n_blocks, recipe.block_batch)
+
+
+def _snapshots(policy, demos, recipe: PolicyRecipe, epochs: list, seed: int, progress: bool, costs: list,
+               batch: int) -> Iterator[Checkpoint]:
     """One run to ``max(epochs)``; the weights (EMA weights with an EMA) after each budget's batches."""
     module = policy.flow.nets[0] if isinstance(policy, FlowPolicy) else policy.net
     targets = [(policy.batches_per_block(demos, e, recipe.batch_size, recipe.block_batch), e) for e in epochs]
@@ -124,9 +138,9 @@ def _snapshots(policy, demos, recipe: PolicyRecipe, epochs: list, seed: int, pro
                callback=callback)
     if len(saved) != len(epochs):
         raise RuntimeError(f"took {len(saved)} snapshots for {len(epochs)} checkpoints: the batch counts disagree")
-    for (state, seconds), budget in zip(saved, epochs):
+    for (state, seconds), (steps, budget) in zip(saved, targets):
         module.load_state_dict(state)
-        yield Checkpoint(budget, policy, seconds, "snapshot")
+        yield Checkpoint(budget, policy, seconds, "snapshot", steps_flops(costs, [steps], batch))
 
 
 def _nfe(policy) -> float:
@@ -154,7 +168,9 @@ def run_protocol(methods: Sequence[str], demos, env, recipe: PolicyRecipe, epoch
             records.append({"method": method, "seed": seed, "epochs": ckpt.epochs, "checkpoint": ckpt.kind,
                             "success_rate": report.success_rate, "train_seconds": ckpt.train_seconds,
                             "seconds_per_chunk": report.seconds_per_chunk, "nfe_per_chunk": _nfe(ckpt.policy),
-                            "parameters": ckpt.policy.n_parameters(), "nonfinite_episodes": int(report.nonfinite.sum())})
+                            "parameters": ckpt.policy.n_parameters(), "nonfinite_episodes": int(report.nonfinite.sum()),
+                            "train_flops": ckpt.train_flops,
+                            "flops_per_chunk": chunk_flops(network_flops(ckpt.policy), _nfe(ckpt.policy))})
             if on_checkpoint is not None:
                 on_checkpoint(method, seed, ckpt)
     return records
