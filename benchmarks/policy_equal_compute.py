@@ -28,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from torchcfm_local.bench.report import write_results
-from torchcfm_local.bench.seeds import mean_se
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from policy_screen_table import success_at as value_at  # noqa: E402  (linear between checkpoints, next to this script)
+
+from torchcfm_local.bench.report import write_results  # noqa: E402
+from torchcfm_local.bench.seeds import mean_se  # noqa: E402
 
 #: what the runs must share: the protocol (its checkpoints and seeds aside) and the recipe (its epochs aside)
 SHARED = ("episodes", "eval_seed", "demos", "task")
@@ -59,14 +62,6 @@ def pooled_records(runs: list[dict]) -> tuple[list[dict], dict]:
     if missing:
         raise ValueError(f"records of {missing} lack train_flops (written before bench_policy recorded compute)")
     return records, first
-
-
-def value_at(curve: list[tuple[float, float]], x: float):
-    """``curve`` ``[(x, y), ...]`` (ascending x) read at ``x``, linear between points; None outside."""
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return curve[0][1] if len(curve) == 1 and x == curve[0][0] else None
 
 
 def compare(records: list[dict], axis: str) -> list[dict]:

@@ -68,7 +68,8 @@ def _seconds(records: list, method: str) -> dict:
 
 def success_at(curve: list[tuple[float, float]], seconds: float):
     """Success of a run with checkpoints ``[(train seconds, success), ...]`` (ascending) at ``seconds``,
-    interpolated linearly; None outside the checkpoints (a run is not extrapolated)."""
+    interpolated linearly; None outside the checkpoints (a run is not extrapolated). Any ascending
+    measure of training works in place of seconds (``policy_equal_compute.py``: FLOPs)."""
     for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
         if x0 <= seconds <= x1:
             return y0 + (y1 - y0) * (seconds - x0) / (x1 - x0)
