@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,6 +244,19 @@ def test_provenance_command_reads_as_typed(monkeypatch):
     assert _command() == "python benchmarks/bench_ablation.py --task rose"
     monkeypatch.setattr(sys, "argv", ["/venv/bin/lfm-bench", "quick"])
     assert _command() == "lfm-bench quick"
+
+
+def test_provenance_commit_is_the_package_checkout_wherever_the_process_runs(tmp_path, monkeypatch):
+    import subprocess
+
+    from torchcfm_local.bench.report import _git_commit
+
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    monkeypatch.chdir(tmp_path)  # outside any checkout
+    assert _git_commit().split("+")[0] == head
 
 
 def test_task_fit_options_reach_both_sides_and_curves_use_data_units():

@@ -177,10 +177,12 @@ def write_run(run, directory: "str | os.PathLike", figures: bool = True) -> str:
 
 
 def _git_commit() -> Optional[str]:
-    """``HEAD``'s commit, with ``+dirty`` when tracked files are modified; None outside a git checkout."""
+    """``HEAD``'s commit of the checkout this package runs from (wherever the process was started),
+    with ``+dirty`` when tracked files are modified; None for an installed copy outside a checkout."""
+    where = {"cwd": str(Path(__file__).resolve().parent), "capture_output": True, "text": True, "timeout": 5}
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], check=True, **where)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **where)
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
