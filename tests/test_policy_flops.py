@@ -1,4 +1,6 @@
 """Compute accounting of policies (torchcfm_local.policy.flops) against FLOPs counted on real fits."""
+import json
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -119,3 +121,18 @@ def test_equal_compute_end_to_end(tmp_path):
     assert script.main(files + ["--out", str(tmp_path / "c")]) == 0
     out = (tmp_path / "c" / "policy_point_equal_compute.md").read_text()
     assert "### At equal training flops" in out and (tmp_path / "c" / "policy_point_equal_compute.png").stat().st_size
+
+
+def test_train_cost_benchmark_reports_flops_and_seconds_per_width(tmp_path):
+    from bench_scripts import load_benchmark
+
+    script = load_benchmark("policy_train_cost")
+    assert script.main(["--widths", "16,32", "--epochs", "1", "--demos", "10", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "policy_train_cost.json").read_text())["results"]["rows"]
+    assert [r["width"] for r in rows] == [16, 32]
+    for r in rows:
+        assert r["lfm"]["parameters"] == pytest.approx(r["global"]["parameters"], rel=0.02)
+        assert r["lfm"]["steps"] == 3 * r["global"]["steps"]  # split batches: every block the global's steps
+        assert r["lfm"]["flops"] > 0 and r["global"]["flops"] > 0 and r["global"]["seconds"] > 0
+    with pytest.raises(SystemExit):
+        script.main(["--widths", "16,x"])
