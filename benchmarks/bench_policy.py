@@ -159,11 +159,14 @@ def table(protocol: dict, recipe, summary, records, demo_meta: dict, name: str, 
     lines = [f"## {protocol['task']} task: success rate over {protocol['episodes']} fixed test states, mean ± SE over "
              f"{len(seeds)} training seed(s) ({', '.join(map(str, seeds))})", "",
              f"| method | parameters | checkpoints | max over checkpoints | mean of last {min(last, len(grid))} "
-             "| NFE per chunk | ms per chunk |", "|---|---|---|---|---|---|---|"]
+             "| NFE per chunk | ms per chunk | MFLOPs per chunk | training GFLOPs (last checkpoint) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method, row in summary.items():
         latency = {k: None if v is None else 1e3 * v for k, v in row["seconds_per_chunk"].items() if k != "values"}
+        flops = [f"{v * scale:.{digits}f}" if v is not None else "-" for v, scale, digits in (
+            (row.get("flops_per_chunk"), 1e-6, 2), ((row.get("train_flops") or [None])[-1], 1e-9, 1))]
         lines.append(f"| {method} | {row['parameters']} | {row['checkpoint']} | {_pm(row['max'])} | {_pm(row['last'])} "
-                     f"| {row['nfe_per_chunk']:g} | {_pm(latency, 1)} |")
+                     f"| {row['nfe_per_chunk']:g} | {_pm(latency, 1)} | {flops[0]} | {flops[1]} |")
     lines += ["", "| method | " + " | ".join(f"{e:g} ep" for e in grid) + " |", "|---|" + "---|" * len(grid)]
     for method, row in summary.items():
         lines.append(f"| {method} | " + " | ".join(_pm(p) for p in row["curve"]) + " |")

@@ -183,6 +183,12 @@ def test_bench_quick_runs_end_to_end(tmp_path):
     assert summary["lfm"]["checkpoint"] == "run" and summary["global"]["checkpoint"] == "snapshot"
     assert summary["lfm"]["nfe_per_chunk"] == summary["global"]["nfe_per_chunk"] == 72  # 18 RK4 steps
     assert summary["global"]["max"]["se"] is not None
+    for method in ("global", "lfm", "regression"):  # compute: per checkpoint, growing; per chunk
+        assert len(summary[method]["train_flops"]) == 2 and 0 < summary[method]["train_flops"][0] < \
+            summary[method]["train_flops"][1] and summary[method]["flops_per_chunk"] > 0
+    # at equal NFE and parameters an LFM chunk costs a third of the global flow's (blocks a third the size)
+    assert summary["lfm"]["flops_per_chunk"] == pytest.approx(summary["global"]["flops_per_chunk"] / 3, rel=0.1)
+    assert "| MFLOPs per chunk | training GFLOPs (last checkpoint) |" in (tmp_path / "policy_point_quick.md").read_text()
     for suffix in (".md", ".png", "_chunks.png"):
         assert (tmp_path / f"policy_point_quick{suffix}").stat().st_size > 0
 

@@ -180,7 +180,8 @@ def summarize(records: Sequence[dict], last: int = 3, methods: Optional[Sequence
     """Per method: ``max`` (over checkpoints) and ``last`` (mean of the last ``last`` checkpoints),
     each computed per training seed and then given as mean ± SE over the seeds; ``curve`` (mean ±
     SE of the success rate at every checkpoint); latency (per seed, the mean over its checkpoints)
-    and NFE per chunk; parameters.
+    and NFE per chunk; parameters; training FLOPs per checkpoint and sampling FLOPs per chunk
+    (``None`` for records that lack them).
 
     Raises:
         ValueError: no records for a method, or seeds that were evaluated at different epochs.
@@ -207,5 +208,11 @@ def summarize(records: Sequence[dict], last: int = 3, methods: Optional[Sequence
             "nfe_per_chunk": statistics.fmean(r["nfe_per_chunk"] for r in mine),
             "parameters": mine[0]["parameters"],
             "checkpoint": mine[0]["checkpoint"],
+            # compute (records written before it was recorded lack it): training FLOPs per checkpoint
+            # (mean over seeds: LFM's pushforward steps may differ by seed) and sampling FLOPs per chunk
+            "train_flops": None if any(r.get("train_flops") is None for r in mine) else
+            [statistics.fmean(per_seed[s][i]["train_flops"] for s in seeds) for i in range(len(grid))],
+            "flops_per_chunk": None if any(r.get("flops_per_chunk") is None for r in mine) else
+            statistics.fmean(r["flops_per_chunk"] for r in mine),
         }
     return out
