@@ -33,6 +33,7 @@ from policy_screen_table import success_at as value_at  # noqa: E402  (linear be
 
 from torchcfm_local.bench.report import write_results  # noqa: E402
 from torchcfm_local.bench.seeds import mean_se  # noqa: E402
+from torchcfm_local.policy.recipe import PolicyRecipe  # noqa: E402
 
 #: what the runs must share: the protocol (its checkpoints and seeds aside) and the recipe (its epochs aside)
 SHARED = ("episodes", "eval_seed", "demos", "task")
@@ -42,14 +43,15 @@ AXES = {"flops": "train_flops", "seconds": "train_seconds"}
 def pooled_records(runs: list[dict]) -> tuple[list[dict], dict]:
     """Every record of ``runs`` (loaded json files) and the first run's results, after checking that
     they can be compared seed by seed; a (method, seed, epochs) in two runs is refused."""
+    def recipe_of(results):  # fields an older run lacks: what it trained with; the epochs may differ
+        return {k: v for k, v in PolicyRecipe.from_dict(results["recipe"]).to_dict().items() if k != "epochs"}
+
     first = runs[0]["results"]
-    recipe = {k: v for k, v in first["recipe"].items() if k != "epochs"}
+    recipe = recipe_of(first)
     for i, run in enumerate(runs[1:], start=2):
-        results = run["results"]
-        other = {k: v for k, v in results["recipe"].items() if k != "epochs"}
+        other = recipe_of(results := run["results"])
         if other != recipe:
-            raise ValueError(f"run {i} has another recipe than run 1 (fields "
-                             f"{sorted(k for k in set(recipe) | set(other) if recipe.get(k) != other.get(k))})")
+            raise ValueError(f"run {i} has another recipe than run 1 (fields {sorted(k for k in recipe if recipe[k] != other[k])})")
         for key in SHARED:
             if results["protocol"][key] != first["protocol"][key]:
                 raise ValueError(f"run {i} has protocol {key}={results['protocol'][key]!r}, run 1 {first['protocol'][key]!r}")

@@ -36,11 +36,12 @@ def merge(runs: list[dict]) -> dict:
     if len(runs) < 2:
         raise ValueError(f"give at least two runs to merge, got {len(runs)}")
     first = runs[0]["results"]
+    recipe = PolicyRecipe.from_dict(first["recipe"]).to_dict()  # fields an older run lacks: what it trained with
     for i, run in enumerate(runs[1:], start=2):
         results = run["results"]
-        if results["recipe"] != first["recipe"]:
-            diff = sorted(k for k in set(first["recipe"]) | set(results["recipe"])
-                          if first["recipe"].get(k) != results["recipe"].get(k))
+        other = PolicyRecipe.from_dict(results["recipe"]).to_dict()
+        if other != recipe:
+            diff = sorted(k for k in recipe if recipe[k] != other[k])
             raise ValueError(f"run {i} has another recipe than run 1 (fields {diff})")
         for key in SHARED:
             if results["protocol"][key] != first["protocol"][key]:
@@ -57,7 +58,7 @@ def merge(runs: list[dict]) -> dict:
     protocol = {**first["protocol"], "seeds": sorted(seeds)}
     demo_meta = next((run["results"]["demos"] for run in runs if "steps" in run["results"]["demos"]),
                      first["demos"])
-    return {"recipe": first["recipe"], "protocol": protocol,
+    return {"recipe": recipe, "protocol": protocol,
             "summary": summarize(records, protocol["last"], methods), "records": records, "demos": demo_meta}
 
 

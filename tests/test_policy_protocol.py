@@ -246,7 +246,10 @@ def test_merge_pools_the_seeds_of_synthetic_runs():
 
     diverged = run(5, [0.6, 0.5])
     diverged["results"]["records"][1]["nonfinite_episodes"] = 3
-    merged = merger.merge([run(0, [0.2, 0.4]), diverged, run(2, [0.1, 0.9])])
+    older = run(0, [0.2, 0.4])
+    del older["results"]["recipe"]["prediction"]  # written before the field existed: velocity, the default
+    merged = merger.merge([older, diverged, run(2, [0.1, 0.9])])
+    assert merged["recipe"] == PolicyRecipe().to_dict()
     assert merged["protocol"]["seeds"] == [0, 2, 5]
     text = merger.bench_policy.table(merged["protocol"], PolicyRecipe(), merged["summary"], merged["records"],
                                      merged["demos"], "policy_can")
