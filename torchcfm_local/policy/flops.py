@@ -22,6 +22,7 @@ once, on a small batch, per sample:
 from __future__ import annotations
 
 import copy
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
