@@ -10,8 +10,9 @@ the LFM / global ratios. No rollouts: the trained policies are not evaluated.
 
     python benchmarks/policy_train_cost.py --widths 64,128,256,512 --epochs 10
 
-Wall times are of one fit per method and width, alternating the methods, with the torch threads
-the process has; run it on an otherwise idle machine.
+Wall times are of one fit per method and width, alternating the methods, after a warm-up fit of
+each (the first fit of a process pays one-time imports), with the torch threads the process has;
+run it on an otherwise idle machine.
 """
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def main(argv=None) -> int:
     except ValueError:
         parser.error("--widths takes positive ints separated by commas; --epochs and --demos must be positive")
     demos = collect_demos("point", args.demos, seed=0)
+    for method in ("global", "lfm"):  # warm-up: the first fit of a process pays one-time imports (optimizer, ODE)
+        measure(method, collect_demos("point", 5, seed=0), PolicyRecipe(width=8, epochs=1.0))
     rows = []
     for width in widths:
         recipe = PolicyRecipe(width=width, epochs=args.epochs)
