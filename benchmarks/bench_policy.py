@@ -27,7 +27,9 @@ policy that a total budget of e epochs produces: snapshots of one run for the gl
 regression baseline (without lr decay), one run per checkpoint for LFM (its blocks train one after
 the other; see the protocol module). Latency: mean wall time of one ``predict_action`` call for
 all live episodes, after a warm-up, at equal NFE for both flows (RK4, 16 steps over all blocks,
-rounded up to a multiple of the LFM blocks: 18 with the default 3).
+rounded up to a multiple of the LFM blocks: 18 with the default 3). Compute: every checkpoint
+records its training FLOPs and seconds, every method its sampling FLOPs per chunk
+(:mod:`torchcfm_local.policy.flops`); ``policy_equal_compute.py`` compares two runs at equal FLOPs.
 """
 from __future__ import annotations
 
