@@ -34,6 +34,7 @@ records its training FLOPs and seconds, every method its sampling FLOPs per chun
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -111,20 +112,27 @@ def chunk_figure(policies, demos, path):
 
 def curve_figure(summary, path, title):
     """Success rate against epochs per method: mean over training seeds with ± SE bands."""
+    band_figure({method: [(p["epochs"], p) for p in row["curve"]] for method, row in summary.items()}, path, title,
+                "training epochs (checkpoint = the policy of that total budget)")
+
+
+def band_figure(curves: dict, path, title: str, xlabel: str) -> None:
+    """``curves[method]`` = ``[(x, mean_se stat of the success rate), ...]``: one line per method,
+    with ± SE bands where every point has an SE."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method, row in summary.items():
-        epochs = [p["epochs"] for p in row["curve"]]
-        mean = np.array([p["mean"] for p in row["curve"]])
-        ax.plot(epochs, mean, "o-", label=method, ms=3)
-        if all(p["se"] is not None for p in row["curve"]):
-            se = np.array([p["se"] for p in row["curve"]])
-            ax.fill_between(epochs, mean - se, mean + se, alpha=0.2)
-    ax.set_xlabel("training epochs (checkpoint = the policy of that total budget)")
+    for method, points in curves.items():
+        x = np.array([px for px, _ in points])
+        mean = np.array([stat["mean"] for _, stat in points])
+        ax.plot(x, mean, "o-", label=method, ms=3)
+        if all(stat["se"] is not None for _, stat in points):
+            se = np.array([stat["se"] for _, stat in points])
+            ax.fill_between(x, mean - se, mean + se, alpha=0.2)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
@@ -132,6 +140,15 @@ def curve_figure(summary, path, title):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def read_runs(parser: argparse.ArgumentParser, paths: list) -> list[dict]:
+    """The json files of ``bench_policy.py`` runs at ``paths`` (for the scripts that combine runs);
+    a missing file is a usage error of ``parser``."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
+    return [json.loads(Path(p).read_text()) for p in paths]
 
 
 def _pm(stat, digits=2):

@@ -22,13 +22,13 @@ against training FLOPs per method (mean ± SE over seeds).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_policy  # noqa: E402  (figure and run files, next to this script)
 from policy_screen_table import success_at as value_at  # noqa: E402  (linear between checkpoints, next to this script)
 
 from torchcfm_local.bench.report import write_results  # noqa: E402
@@ -72,13 +72,14 @@ def compare(records: list[dict], axis: str) -> list[dict]:
     key = AXES[axis]
     by = {(r["method"], r["seed"], r["epochs"]): r for r in records}
     seeds = sorted({s for m, s, _ in by if m == "lfm"})
+    curves = {s: sorted((g[key], g["success_rate"], g["epochs"]) for (m, gs, _), g in by.items()
+                        if m == "global" and gs == s) for s in seeds}  # each seed's global run on ``axis``
     rows = []
     for epochs in sorted({e for m, _, e in by if m == "lfm"}):
         lfm = [by[("lfm", s, epochs)] for s in seeds]
         glob_success, glob_epochs = [], []
         for s, r in zip(seeds, lfm):
-            curve = sorted((g[key], g["success_rate"], g["epochs"]) for (m, gs, _), g in by.items()
-                           if m == "global" and gs == s)
+            curve = curves[s]
             glob_success.append(value_at([(x, y) for x, y, _ in curve], r[key]) if curve else None)
             glob_epochs.append(value_at([(x, e) for x, _, e in curve], r[key]) if curve else None)
         complete = None not in glob_success
@@ -125,32 +126,14 @@ def table(results: dict) -> str:
 
 
 def figure(records: list[dict], path: Path, title: str) -> None:
-    """Success against training FLOPs per method, mean ± SE over seeds per checkpoint."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    """Success against training GFLOPs per method, mean ± SE over seeds per checkpoint."""
+    curves = {}
     for method in dict.fromkeys(r["method"] for r in records):
-        points = []
         for epochs in sorted({r["epochs"] for r in records if r["method"] == method}):
             mine = [r for r in records if r["method"] == method and r["epochs"] == epochs]
-            points.append((np.mean([r["train_flops"] for r in mine]), mean_se([r["success_rate"] for r in mine])))
-        x = np.array([p[0] for p in points]) * 1e-9
-        y = np.array([p[1]["mean"] for p in points])
-        ax.plot(x, y, "o-", ms=3, label=method)
-        if all(p[1]["se"] is not None for p in points):
-            se = np.array([p[1]["se"] for p in points])
-            ax.fill_between(x, y - se, y + se, alpha=0.2)
-    ax.set_xlabel("training GFLOPs (LFM: pushforwards included)")
-    ax.set_ylabel("success rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            curves.setdefault(method, []).append((1e-9 * float(np.mean([r["train_flops"] for r in mine])),
+                                                  mean_se([r["success_rate"] for r in mine])))
+    bench_policy.band_figure(curves, path, title, "training GFLOPs (LFM: pushforwards included)")
 
 
 def main(argv=None) -> int:
@@ -159,10 +142,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--name", default=None, help="output name (default: policy_<task>_equal_compute)")
     args = parser.parse_args(argv)
-    missing = [str(p) for p in args.runs if not p.is_file()]
-    if missing:
-        parser.error(f"no such file: {', '.join(missing)}")
-    runs = [json.loads(p.read_text()) for p in args.runs]
+    runs = bench_policy.read_runs(parser, args.runs)
     try:
         records, first = pooled_records(runs)
     except (ValueError, KeyError) as err:

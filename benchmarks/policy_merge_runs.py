@@ -12,7 +12,6 @@ table and figure. The json lists every source file with its own provenance (comm
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -67,10 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="bench_policy.py json files")
     parser.add_argument("--out", type=Path, required=True, help="folder for the merged json, md and png")
     args = parser.parse_args(argv)
-    missing = [str(p) for p in args.runs if not p.is_file()]
-    if missing:
-        parser.error(f"no such file: {', '.join(missing)}")
-    runs = [json.loads(p.read_text()) for p in args.runs]
+    runs = bench_policy.read_runs(parser, args.runs)
     try:
         results = merge(runs)
     except (ValueError, KeyError) as err:

@@ -50,13 +50,15 @@ __all__ = ["Checkpoint", "checkpoint_epochs", "shares_one_run", "train_checkpoin
 class Checkpoint:
     """A policy at one epoch budget: ``kind`` is ``"snapshot"`` (of one longer run) or ``"run"`` (its own run);
     ``train_seconds``: wall time of the training that produced it (LFM's pushforwards included);
-    ``train_flops``: its compute (:mod:`~torchcfm_local.policy.flops`)."""
+    ``train_flops``: its compute; ``costs``: its networks' FLOPs per sample
+    (:func:`~torchcfm_local.policy.flops.network_flops`)."""
 
     epochs: float
     policy: object
     train_seconds: float
     kind: str
     train_flops: Optional[float] = None
+    costs: Optional[list] = None
 
 
 def checkpoint_epochs(total: float, every: float) -> list[float]:
@@ -102,7 +104,7 @@ def train_checkpoints(method: str, demos, recipe: PolicyRecipe, epochs: Sequence
         seconds = time.perf_counter() - start
         flops = (fit_flops(costs, report, batch, rows) if isinstance(policy, FlowPolicy)
                  else steps_flops(costs, [len(report)], batch))  # regression: the loss of every step
-        yield Checkpoint(budget, policy, seconds, "run", flops)
+        yield Checkpoint(budget, policy, seconds, "run", flops, costs)
 
 
 def _batch_size(policy, demos, recipe: PolicyRecipe) -> int:
@@ -141,7 +143,7 @@ def _snapshots(policy, demos, recipe: PolicyRecipe, epochs: list, seed: int, pro
         raise RuntimeError(f"took {len(saved)} snapshots for {len(epochs)} checkpoints: the batch counts disagree")
     for (state, seconds), (steps, budget) in zip(saved, targets):
         module.load_state_dict(state)
-        yield Checkpoint(budget, policy, seconds, "snapshot", steps_flops(costs, [steps], batch))
+        yield Checkpoint(budget, policy, seconds, "snapshot", steps_flops(costs, [steps], batch), costs)
 
 
 def _nfe(policy) -> float:
@@ -172,7 +174,7 @@ def run_protocol(methods: Sequence[str], demos, env, recipe: PolicyRecipe, epoch
                             "seconds_per_chunk": report.seconds_per_chunk, "nfe_per_chunk": _nfe(ckpt.policy),
                             "parameters": ckpt.policy.n_parameters(), "nonfinite_episodes": int(report.nonfinite.sum()),
                             "train_flops": ckpt.train_flops,
-                            "flops_per_chunk": chunk_flops(network_flops(ckpt.policy), _nfe(ckpt.policy))})
+                            "flops_per_chunk": chunk_flops(ckpt.costs, _nfe(ckpt.policy))})
             if on_checkpoint is not None:
                 on_checkpoint(method, seed, ckpt)
     return records
