@@ -12,8 +12,13 @@ the global flow (``blocks * k`` steps in its one block). Per (method, NFE):
   nothing else of this script runs beside it. The load average at that moment is recorded: latency
   means "alone" only on an otherwise idle machine.
 
-"Smallest NFE that keeps its success": the smallest NFE whose paired change against the largest NFE
-is at least minus one SE of that change (or zero).
+With ``--tols``, each trained policy is also sampled with RK4 steps per block picked by measured
+error at each tolerance (:meth:`~torchcfm_local.policy.FlowPolicy.choose_sampling_steps`, probed on
+the training demos; the global flow's one block is probed the same way), so the blocks need not
+take equal steps; those rows give the chosen steps per seed and their mean NFE.
+
+"Smallest NFE that keeps its success": the smallest NFE whose paired change against the largest
+fixed NFE is at least minus one SE of that change (or zero), over the fixed and the chosen rows.
 
     python benchmarks/bench_policy_nfe.py          # point task, 3 seeds, 200 epochs
     # writes benchmarks/results/policy_nfe_point.{json,md}
@@ -38,9 +43,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("global", "lfm")
 
 
-def set_steps(policy, method: str, per_block: int, blocks: int) -> None:
-    """RK4 with ``per_block`` steps per LFM block, or the same NFE in the global flow's one block."""
-    policy.ode = ODEOptions(solver="rk4", steps=per_block if method == "lfm" else per_block * blocks)
+def set_sampler(policy, method: str, setting: tuple, blocks: int, demos) -> None:
+    """``("steps", k)``: RK4 with ``k`` steps per LFM block, or the same NFE in the global flow's one
+    block; ``("tol", t)``: the steps per block that :meth:`choose_sampling_steps` picks at ``t``."""
+    kind, value = setting
+    if kind == "tol":
+        policy.choose_sampling_steps(demos, value)
+    else:
+        policy.ode = ODEOptions(solver="rk4", steps=value if method == "lfm" else value * blocks)
+
+
+def label(setting: tuple) -> str:
+    return f"{setting[0]}={setting[1]:g}"
 
 
 def latency(policy, env, episodes: int, seed: int) -> float:
@@ -55,18 +69,21 @@ def keeps_success(change: dict) -> bool:
     return change["mean"] >= -(change["se"] or 0.0)
 
 
-def summarize(records: list, steps: list, seeds: list) -> dict:
-    """Per method and NFE: success and latency (mean ± SE over seeds), the paired change in success
-    against the largest NFE, and the smallest NFE that keeps the success."""
+def summarize(records: list, settings: list, seeds: list) -> dict:
+    """Per method and sampler setting: success and latency (mean ± SE over seeds), the NFE (mean
+    over seeds), the paired change in success against the largest fixed NFE, and the smallest NFE
+    that keeps the success."""
     out = {}
+    largest = label(max(s for s in settings if s[0] == "steps"))
     for method in METHODS:
-        by = {(r["seed"], r["per_block"]): r for r in records if r["method"] == method}
+        by = {(r["seed"], r["setting"]): r for r in records if r["method"] == method}
         rows = []
-        for k in steps:
-            rows.append({"per_block": k, "nfe": by[(seeds[0], k)]["nfe"],
-                         "success": mean_se([by[(s, k)]["success"] for s in seeds]),
-                         "change": mean_se([by[(s, k)]["success"] - by[(s, steps[-1])]["success"] for s in seeds]),
-                         "latency_ms": mean_se([1e3 * by[(s, k)]["latency_s"] for s in seeds])})
+        for setting in map(label, settings):
+            rows.append({"setting": setting, "nfe": statistics.fmean(by[(s, setting)]["nfe"] for s in seeds),
+                         "block_steps": [by[(s, setting)]["block_steps"] for s in seeds],
+                         "success": mean_se([by[(s, setting)]["success"] for s in seeds]),
+                         "change": mean_se([by[(s, setting)]["success"] - by[(s, largest)]["success"] for s in seeds]),
+                         "latency_ms": mean_se([1e3 * by[(s, setting)]["latency_s"] for s in seeds])})
         kept = [r for r in rows if keeps_success(r["change"])]
         out[method] = {"rows": rows, "smallest_nfe_keeping": min(r["nfe"] for r in kept)}
     return out
@@ -80,15 +97,23 @@ def markdown(args, recipe, summary: dict, load: tuple) -> str:
              "|---|---|---|---|---|---|"]
     for method, res in summary.items():
         for r in res["rows"]:
-            steps = r["per_block"] * recipe.blocks if method == "global" else f"{r['per_block']} per block"
-            lines.append(f"| {method} | {steps} | {r['nfe']:g} | {pm(r['success'])} | {pm(r['change'], '+')} "
-                         f"| {pm(r['latency_ms'])} |")
-    lines += ["", "Smallest NFE that keeps the success (paired change at least -1 SE): "
+            lines.append(f"| {method} | {steps_cell(method, r, recipe.blocks)} | {r['nfe']:g} | {pm(r['success'])} "
+                         f"| {pm(r['change'], '+')} | {pm(r['latency_ms'])} |")
+    lines += ["", "Chosen steps are per block, block 1 (the data side) first, one tuple per training seed.",
+              "Smallest NFE that keeps the success (paired change at least -1 SE): "
               + ", ".join(f"{m} {res['smallest_nfe_keeping']:g}" for m, res in summary.items()) + ".",
               f"Recipe: `{recipe.to_dict()}`; {args.demos} demos. Latency: median over the calls of "
               f"{args.latency_episodes} single-episode rollouts per policy, then mean ± SE over seeds; "
               f"load average (1, 5, 15 min) when it started: {', '.join(f'{x:.2f}' for x in load)}."]
     return "\n".join(lines)
+
+
+def steps_cell(method: str, row: dict, blocks: int) -> str:
+    kind, value = row["setting"].split("=")
+    if kind == "tol":
+        chosen = ", ".join("(" + ", ".join(map(str, b)) + ")" for b in row["block_steps"])
+        return f"chosen at tol {value}: {chosen}"
+    return str(int(value) * blocks) if method == "global" else f"{value} per block"
 
 
 def main(argv=None) -> int:
@@ -100,10 +125,12 @@ def main(argv=None) -> int:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--eval-seed", type=int, default=1000)
     parser.add_argument("--steps", default="1,2,4,6", help="RK4 steps per LFM block, ascending")
+    parser.add_argument("--tols", default="", help="tolerances of choose_sampling_steps, e.g. 0.01,0.1 (none by default)")
     parser.add_argument("--latency-episodes", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    steps = sorted(int(k) for k in args.steps.split(","))
+    settings = [("steps", k) for k in sorted(int(k) for k in args.steps.split(","))]
+    settings += [("tol", t) for t in sorted(float(t) for t in args.tols.split(",") if t)]
     recipe = PolicyRecipe(epochs=args.epochs)
     demos = collect_demos(args.task, args.demos, seed=0)
     env = make_env(args.task)
@@ -113,22 +140,23 @@ def main(argv=None) -> int:
             policy = build_policy(method, demos.obs_dims, demos.action.shape[1], recipe=recipe)
             policy.fit(demos, **recipe.fit_options(), seed=seed, progress=False)
             trained.append((seed, method, policy))
-            for k in steps:
-                set_steps(policy, method, k, recipe.blocks)
+            for setting in settings:
+                set_sampler(policy, method, setting, recipe.blocks, demos)
                 report = evaluate(policy, env, args.episodes, seed=args.eval_seed, generator_seed=seed)
-                records.append({"method": method, "seed": seed, "per_block": k, "success": report.success_rate,
-                                "nfe": float(policy.flow.last_stats.nfe)})
-                print(f"{method} seed {seed}, {k} RK4 steps per block: success {report.success_rate:.2f}", flush=True)
+                block_steps = policy.ode.block_steps or (policy.ode.steps,) * policy.n_blocks
+                records.append({"method": method, "seed": seed, "setting": label(setting), "block_steps": list(block_steps),
+                                "success": report.success_rate, "nfe": float(policy.flow.last_stats.nfe)})
+                print(f"{method} seed {seed}, {label(setting)} {block_steps}: success {report.success_rate:.2f}", flush=True)
     load = os.getloadavg()
     for seed, method, policy in trained:  # latency last, after everything else of this script
-        for k in steps:
-            set_steps(policy, method, k, recipe.blocks)
+        for setting in settings:
+            set_sampler(policy, method, setting, recipe.blocks, demos)
             seconds = latency(policy, env, args.latency_episodes, args.eval_seed)
-            next(r for r in records if (r["method"], r["seed"], r["per_block"]) == (method, seed, k))["latency_s"] = seconds
-    summary = summarize(records, steps, list(range(args.seeds)))
+            next(r for r in records if (r["method"], r["seed"], r["setting"]) == (method, seed, label(setting)))["latency_s"] = seconds
+    summary = summarize(records, settings, list(range(args.seeds)))
     text = markdown(args, recipe, summary, load)
-    write_results(args.out, f"policy_nfe_{args.task}", {"recipe": recipe.to_dict(), "steps": steps, "load": load,
-                                                         "summary": summary, "records": records}, text)
+    write_results(args.out, f"policy_nfe_{args.task}", {"recipe": recipe.to_dict(), "settings": [label(s) for s in settings],
+                                                         "load": load, "summary": summary, "records": records}, text)
     print(text)
     return 0
 

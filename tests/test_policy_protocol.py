@@ -378,13 +378,22 @@ def test_policy_nfe_summary_pairs_seeds_and_finds_the_smallest_nfe_that_keeps_su
     mod = load_benchmark("bench_policy_nfe")
     success = {("lfm", 1): (0.5, 0.7), ("lfm", 2): (0.9, 0.9), ("lfm", 4): (0.9, 1.0),
                ("global", 1): (0.85, 0.95), ("global", 2): (0.9, 0.9), ("global", 4): (0.9, 1.0)}
-    records = [{"method": m, "seed": s, "per_block": k, "success": v[s], "nfe": 12.0 * k, "latency_s": 1e-3 * k}
-               for (m, k), v in success.items() for s in (0, 1)]
-    out = mod.summarize(records, [1, 2, 4], [0, 1])
+    records = [{"method": m, "seed": s, "setting": f"steps={k}", "block_steps": [k] * 3, "success": v[s],
+                "nfe": 12.0 * k, "latency_s": 1e-3 * k} for (m, k), v in success.items() for s in (0, 1)]
+    # steps chosen by a tolerance: per seed (2, 1, 1) and (2, 2, 1), 16 and 20 evaluations
+    records += [{"method": m, "seed": s, "setting": "tol=0.1", "block_steps": b, "success": v, "nfe": 4.0 * sum(b),
+                 "latency_s": 1e-3} for m in ("lfm", "global") for s, b, v in ((0, [2, 1, 1], 0.9), (1, [2, 2, 1], 1.0))]
+    settings = [("steps", 1), ("steps", 2), ("steps", 4), ("tol", 0.1)]
+    out = mod.summarize(records, settings, [0, 1])
     lfm = out["lfm"]["rows"]
     assert lfm[0]["change"]["mean"] == pytest.approx(-0.35) and lfm[0]["change"]["se"] == pytest.approx(0.05)
     assert lfm[1]["change"]["mean"] == pytest.approx(-0.05) and lfm[1]["change"]["se"] == pytest.approx(0.05)
     assert lfm[2]["latency_ms"]["mean"] == pytest.approx(4.0)
+    # the chosen row: mean NFE over seeds, paired against the largest fixed NFE (4 steps), steps per seed
+    assert lfm[3]["nfe"] == 18.0 and lfm[3]["change"]["mean"] == 0.0 and lfm[3]["block_steps"] == [[2, 1, 1], [2, 2, 1]]
+    assert out["lfm"]["smallest_nfe_keeping"] == 18  # the chosen steps keep it with fewer than 24
+    records = [r for r in records if r["setting"] != "tol=0.1"]
+    out = mod.summarize(records, settings[:3], [0, 1])
     assert out["lfm"]["smallest_nfe_keeping"] == 24  # -0.05 ± 0.05 keeps it, -0.35 ± 0.05 does not
     assert out["global"]["smallest_nfe_keeping"] == 24  # a steady -0.05 (SE 0) at 12 does not keep it
 
@@ -392,13 +401,18 @@ def test_policy_nfe_summary_pairs_seeds_and_finds_the_smallest_nfe_that_keeps_su
 def test_policy_nfe_bench_gives_both_flows_equal_nfe(tmp_path):
     mod = load_benchmark("bench_policy_nfe")
     assert mod.main(["--demos", "6", "--epochs", "1", "--seeds", "2", "--episodes", "3", "--steps", "1,2",
-                     "--latency-episodes", "1", "--out", str(tmp_path)]) == 0
+                     "--tols", "0.05", "--latency-episodes", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "policy_nfe_point.json").read_text())["results"]
     for k in (1, 2):  # k RK4 steps per LFM block = 3k in the global flow's one block: 4 * 3k evaluations each
-        nfe = {r["nfe"] for r in result["records"] if r["per_block"] == k}
+        nfe = {r["nfe"] for r in result["records"] if r["setting"] == f"steps={k}"}
         assert nfe == {12.0 * k}
+    chosen = [r for r in result["records"] if r["setting"] == "tol=0.05"]
+    assert len(chosen) == 4  # two methods, two seeds: the evaluations the chosen steps imply
+    assert all(r["nfe"] == 4.0 * sum(r["block_steps"]) and len(r["block_steps"]) == (3 if r["method"] == "lfm" else 1)
+               for r in chosen)
     assert all(r["latency_s"] > 0 for r in result["records"])
-    assert "Smallest NFE that keeps the success" in (tmp_path / "policy_nfe_point.md").read_text()
+    text = (tmp_path / "policy_nfe_point.md").read_text()
+    assert "Smallest NFE that keeps the success" in text and "chosen at tol 0.05" in text
 
 
 def test_policy_chunk_error_holds_out_whole_episodes_and_scores_methods(tmp_path):

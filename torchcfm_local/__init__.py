@@ -23,6 +23,7 @@ from .schedule import OUSchedule, ou_step
 from .shared import SharedVelocity
 from .solvers import RK4, ODEOptions, VelocityField
 from .training import BlockTrainer, FitConfig
+from .training.steps import choose_sampling_steps
 
 __all__ = [
     "datasets",
@@ -38,6 +39,7 @@ __all__ = [
     "MemmapPool",
     "PoolDirError",
     "ODEOptions",
+    "choose_sampling_steps",
     "RK4",
     "VelocityField",
     "FitReport",

@@ -241,7 +241,7 @@ class LocalFlowMatching(nn.Module):
                     c = None if cond is None else inputs.cond_input(cond[i:j].to(device, dtype))
                     for k, n in enumerate(blocks):
                         field = self._fields[n - 1].bind(c, guidance)  # this solve's own condition and NFE count
-                        y = integrate(field, y, *((0.0, 1.0) if to_data else (1.0, 0.0)), ode)
+                        y = integrate(field, y, *((0.0, 1.0) if to_data else (1.0, 0.0)), ode.for_block(n, self.n_blocks))
                         nfe[k] += field.nfe / n_chunks
                     y = self.standardizer.invert(y) if standardize and to_data else y
                     if nonfinite_error is not None and not torch.isfinite(y).all():

@@ -256,8 +256,8 @@ def chain_log_prob_terms(fields, x: Tensor, options: ODEOptions, *, estimator: s
         y = (y if data_map is None else data_map.apply(y)).to(dtype)
         c = None if cond is None else cond[i : i + chunk_size].to(device, dtype)
         for n, field in enumerate(fields):
-            res = flow_divergence(field.bind(c), y, t0=1.0, t1=0.0, options=options, estimator=estimator,
-                                  generator=generator)
+            res = flow_divergence(field.bind(c), y, t0=1.0, t1=0.0, options=options.for_block(n + 1, len(fields)),
+                                  estimator=estimator, generator=generator)
             y = res.x
             div[n, i : i + chunk_size] = res.div_integral.double().cpu()
             nfe[n] += res.nfe / n_chunks

@@ -100,12 +100,16 @@ class ODEOptions:
         atol, rtol: tolerances of the adaptive solvers (ignored by fixed-step ones).
         steps: number of equal steps over the integration interval for fixed-step solvers (a
             block's whole unit interval in encode/decode/fit; ignored by adaptive ones).
+        block_steps: a fixed-step count per block instead of ``steps`` for all, block 1 (the data
+            side) first; its length must be the model's number of blocks (fixed-step solvers only).
+            :func:`torchcfm_local.training.steps.choose_sampling_steps` picks one by measured error.
     """
 
     solver: str = "rk4"
     atol: float = 1e-6
     rtol: float = 1e-6
     steps: int = 16
+    block_steps: Optional[tuple] = None
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
@@ -115,14 +119,35 @@ class ODEOptions:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         positive_int(self.steps, "steps")
+        if self.block_steps is not None:
+            if self.adaptive:
+                raise ValueError(f"block_steps needs a fixed-step solver, got {self.solver!r}")
+            if isinstance(self.block_steps, (str, bytes)) or not hasattr(self.block_steps, "__len__") \
+                    or len(self.block_steps) == 0:
+                raise ValueError(f"block_steps must be a non-empty sequence of step counts, got {self.block_steps!r}")
+            for k in self.block_steps:
+                positive_int(k, "each of block_steps")
+            object.__setattr__(self, "block_steps", tuple(int(k) for k in self.block_steps))
 
     @property
     def adaptive(self) -> bool:
         return SOLVERS[self.solver][1]
 
+    def for_block(self, n: int, n_blocks: int) -> "ODEOptions":
+        """The options block ``n`` (1-based) of a model with ``n_blocks`` blocks is integrated with:
+        these, with ``steps = block_steps[n - 1]`` when :attr:`block_steps` is set."""
+        if self.block_steps is None:
+            return self
+        if len(self.block_steps) != n_blocks:
+            raise ValueError(f"block_steps has {len(self.block_steps)} entries, the model has {n_blocks} blocks")
+        return replace(self, steps=self.block_steps[n - 1], block_steps=None)
+
     def to_dict(self) -> dict:
         """The fields as a plain dict (how files store options; :meth:`coerce` reads it back)."""
-        return {"solver": self.solver, "atol": self.atol, "rtol": self.rtol, "steps": self.steps}
+        out = {"solver": self.solver, "atol": self.atol, "rtol": self.rtol, "steps": self.steps}
+        if self.block_steps is not None:
+            out["block_steps"] = list(self.block_steps)
+        return out
 
     def with_(self, **changes) -> "ODEOptions":
         """A copy with some fields changed (validated again)."""

@@ -47,7 +47,7 @@ def run_segment(teacher, x: torch.Tensor, seg: Segment, ode: ODEOptions,
         FloatingPointError: an adaptive solve met a NaN/Inf velocity.
     """
     field = teacher.field(seg.block).bind(cond)
-    y = integrate(field, x, seg.t_start, seg.t_end, segment_options(ode, seg))
+    y = integrate(field, x, seg.t_start, seg.t_end, segment_options(ode.for_block(seg.block, teacher.n_blocks), seg))
     return y, field.nfe
 
 

@@ -38,6 +38,7 @@ from ..serialization import matcher_from_spec
 from ..shared import SharedVelocity, default_embed_dim
 from ..solvers import ODEOptions
 from ..training.loop import OptimConfig, StepLoop
+from ..training.steps import SAMPLING_TOL, choose_sampling_steps
 from .demos import Demos, windows
 from .normalizer import Normalizer
 from .recipe import BLOCK_BATCHES, PolicyRecipe, check_free_share
@@ -97,6 +98,15 @@ class _ChunkPolicy(nn.Module):
     # ------------------------------------------------------------------ data
     def _training_data(self, demos: Demos) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized ``(cond (N, To * Dobs), actions (N, H, Da))``; fits the normalizers."""
+        self._check_demos(demos)
+        keys = list(self.obs_dims)
+        self.obs_normalizer = Normalizer.fit(torch.from_numpy(np.concatenate([demos.obs[k] for k in keys], axis=1)))
+        self.action_normalizer = Normalizer.fit(torch.from_numpy(demos.action))
+        obs_w, act_w = windows(demos, keys, self.n_obs_steps, self.horizon)
+        cond = self.obs_normalizer.normalize(obs_w).reshape(obs_w.shape[0], -1)
+        return cond.float(), self.action_normalizer.normalize(act_w).float()
+
+    def _check_demos(self, demos: Demos) -> None:
         if demos.action.shape[1] != self.action_dim:
             raise ValueError(f"the demos' actions have {demos.action.shape[1]} dims; this policy has action_dim={self.action_dim}")
         for key, dim in self.obs_dims.items():
@@ -104,12 +114,6 @@ class _ChunkPolicy(nn.Module):
                 raise ValueError(f"the demos lack observation key {key!r}; they have {sorted(demos.obs)}")
             if demos.obs[key].shape[1] != dim:
                 raise ValueError(f"demo observation {key!r} has {demos.obs[key].shape[1]} dims; the policy expects {dim}")
-        keys = list(self.obs_dims)
-        self.obs_normalizer = Normalizer.fit(torch.from_numpy(np.concatenate([demos.obs[k] for k in keys], axis=1)))
-        self.action_normalizer = Normalizer.fit(torch.from_numpy(demos.action))
-        obs_w, act_w = windows(demos, keys, self.n_obs_steps, self.horizon)
-        cond = self.obs_normalizer.normalize(obs_w).reshape(obs_w.shape[0], -1)
-        return cond.float(), self.action_normalizer.normalize(act_w).float()
 
     def _cond(self, obs_dict: dict) -> torch.Tensor:
         """Check ``obs_dict`` and return the normalized, flattened condition ``(B, To * Dobs)``."""
@@ -303,6 +307,21 @@ class FlowPolicy(_ChunkPolicy):
         scale = self.guidance if guidance is None else guidance
         pred = self.flow.decode(z, cond=cond, guidance=scale, ode=self.ode)
         return self._chunk(pred)
+
+    def choose_sampling_steps(self, demos: Demos, tol: float = SAMPLING_TOL, seed: int = 0) -> list:
+        """Sample from now on with RK4 steps per block picked by measured error: the fewest whose
+        result stays within ``tol`` times each block's OU noise scale of a fine solve
+        (:func:`~torchcfm_local.training.steps.choose_sampling_steps`), probed on the conditions
+        of ``demos``' windows (normally the training demos). Sets :attr:`ode` (saved with the
+        policy) and returns one :class:`~torchcfm_local.training.steps.StepChoice` per block,
+        block 1 first."""
+        if self.obs_normalizer is None:
+            raise RuntimeError("the policy is not trained; call fit(demos) or load a trained policy")
+        self._check_demos(demos)
+        obs_w, _ = windows(demos, list(self.obs_dims), self.n_obs_steps, self.horizon)
+        cond = self.obs_normalizer.normalize(obs_w).reshape(obs_w.shape[0], -1).float()
+        self.ode, choices = choose_sampling_steps(self.flow, tol, cond=cond, seed=seed)
+        return choices
 
     @property
     def n_blocks(self) -> int:

@@ -25,9 +25,10 @@ from typing import Optional
 
 import torch
 
+from .._checks import positive_float
 from ..solvers import ODEOptions
 
-__all__ = ["StepChoice", "choose_steps", "rk4", "ou_noise_scale", "CANDIDATE_STEPS", "REFERENCE_STEPS", "PROBE_ROWS"]
+__all__ = ["StepChoice", "choose_steps", "choose_sampling_steps", "rk4", "ou_noise_scale", "CANDIDATE_STEPS", "REFERENCE_STEPS", "PROBE_ROWS"]
 
 #: RK4 step counts tried, smallest first.
 CANDIDATE_STEPS = (1, 2, 4, 8, 16)
@@ -36,6 +37,8 @@ CANDIDATE_STEPS = (1, 2, 4, 8, 16)
 REFERENCE_STEPS = 32
 #: Pool rows the error is measured on (evenly spaced through the pool, so every rank picks the same).
 PROBE_ROWS = 256
+#: Default tolerance of :func:`choose_sampling_steps` (relative to each block's OU noise scale).
+SAMPLING_TOL = 0.01
 
 
 def rk4(steps: int) -> ODEOptions:
@@ -85,20 +88,75 @@ def choose_steps(model, n: int, rows, cond: Optional[torch.Tensor], tol: float, 
         tol: tolerance relative to the block's OU noise scale (> 0).
         chunk_size: rows integrated at once.
     """
-    start, total = time.perf_counter(), rows.shape[0]
-    idx = torch.linspace(0, total - 1, min(PROBE_ROWS, total)).round().long().unique()
+    total = rows.shape[0]
+    idx = _probe_index(total)
     probe = torch.as_tensor(rows[idx]).to(model.dtype)
     probe_cond = None if cond is None else cond[idx]
-    scale = ou_noise_scale(model.schedule.step(n))
 
     def push(steps: int) -> torch.Tensor:
         return model.transport(probe, [n], False, rk4(steps), chunk_size, cond=probe_cond)[0]
 
+    return _smallest_steps(push, ou_noise_scale(model.schedule.step(n)), tol)[0]
+
+
+def choose_sampling_steps(model, tol: float = SAMPLING_TOL, cond: Optional[torch.Tensor] = None,
+                          seed: int = 0) -> tuple[ODEOptions, list[StepChoice]]:
+    """RK4 steps per block for sampling (noise -> data), each picked as :func:`choose_steps` picks
+    the pushforward's: the smallest count in :data:`CANDIDATE_STEPS` whose result differs from a
+    :data:`REFERENCE_STEPS`-step solve by an RMS of at most ``tol`` times the block's OU noise scale.
+
+    The probe: :data:`PROBE_ROWS` noise rows (seeded by ``seed``) decoded block by block from the
+    free block down, each block's input being the reference output of the block above, so every
+    block is measured on the inputs it meets when sampling. Errors are per block, in the blocks'
+    space (a fitted standardizer is not undone).
+
+    Args:
+        model: a trained :class:`~torchcfm_local.LocalFlowMatching`.
+        tol: tolerance relative to each block's OU noise scale (> 0).
+        cond: conditions ``(P, cond_dim)`` of a conditional model (e.g. the training conditions);
+            :data:`PROBE_ROWS` of them, evenly spaced, condition the probe. Required for a
+            conditional model, refused for an unconditional one.
+        seed: seed of the probe's noise.
+
+    Returns:
+        ``(ode, choices)``: RK4 :class:`~torchcfm_local.solvers.ODEOptions` with ``block_steps``
+        (block 1 first; pass it as ``decode(..., ode=ode)`` or set ``model.ode``), and one
+        :class:`StepChoice` per block, block 1 first.
+    """
+    positive_float(tol, "tol")
+    model._require_trained("choose sampling steps")
+    if (cond is None) != (model.cond_dim is None):
+        raise ValueError("cond must be given for a conditional model and only for one "
+                         f"(this model's cond_dim: {model.cond_dim})")
+    rows = PROBE_ROWS if cond is None else int(_probe_index(cond.shape[0]).numel())
+    probe_cond = None if cond is None else cond[_probe_index(cond.shape[0])].to(model.dtype)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((rows, *model.shape), generator=generator, dtype=model.dtype)
+    choices = {}
+    for n in range(model.n_blocks, 0, -1):
+        def push(steps: int, x=x, n=n) -> torch.Tensor:
+            return model.transport(x, [n], True, rk4(steps), rows, cond=probe_cond)[0]
+
+        choices[n], x = _smallest_steps(push, ou_noise_scale(model.schedule.step(n)), tol)
+    ordered = [choices[n] for n in range(1, model.n_blocks + 1)]
+    steps = tuple(c.steps for c in ordered)
+    return ODEOptions(solver="rk4", steps=max(steps), block_steps=steps), ordered
+
+
+def _probe_index(total: int) -> torch.Tensor:
+    """:data:`PROBE_ROWS` row indices evenly spaced through ``total`` rows (all of them if fewer)."""
+    return torch.linspace(0, total - 1, min(PROBE_ROWS, total)).round().long().unique()
+
+
+def _smallest_steps(push, scale: float, tol: float) -> tuple[StepChoice, torch.Tensor]:
+    """The smallest count in :data:`CANDIDATE_STEPS` for which ``push(steps)`` is within ``tol *
+    scale`` (RMS) of ``push(REFERENCE_STEPS)``, as a :class:`StepChoice`, and that reference."""
+    start = time.perf_counter()
     reference = push(REFERENCE_STEPS)
     tried = {}
     for steps in CANDIDATE_STEPS:
         tried[steps] = _rms(push(steps), reference) / scale
         if tried[steps] <= tol:
-            return StepChoice(steps, tried[steps], scale, tried, time.perf_counter() - start)
+            return StepChoice(steps, tried[steps], scale, tried, time.perf_counter() - start), reference
     # none passed: use the reference itself; its distance to the last candidate bounds its error from above
-    return StepChoice(REFERENCE_STEPS, tried[CANDIDATE_STEPS[-1]], scale, tried, time.perf_counter() - start)
+    return StepChoice(REFERENCE_STEPS, tried[CANDIDATE_STEPS[-1]], scale, tried, time.perf_counter() - start), reference
