@@ -9,7 +9,8 @@ from bench_scripts import load_benchmark
 require_robosuite()
 
 from torchcfm_local.policy import TASKS, collect_demos, make_env  # noqa: E402
-from torchcfm_local.policy.robosuite_pillar import GOAL, PILLAR_CENTER, PILLAR_HALF, START, PillarExpert, passed_side  # noqa: E402
+from torchcfm_local.policy.robosuite_pillar import (GOAL, PILLAR_CENTER, PILLAR_HALF, REACH_GOAL, REACH_RADIUS, START,  # noqa: E402
+                                                    PillarExpert, ReachExpert, ReachPillar, passed_side)
 from torchcfm_local.policy.robosuite_tasks import OBS_KEYS  # noqa: E402
 
 #: object-state as Lift's: the cube's position (3), orientation (4, x y z w), position relative to the eef (3)
@@ -104,3 +105,63 @@ def test_pillar_outcomes_refuses_bad_counts(capsys):
     with pytest.raises(SystemExit):
         load_benchmark("pillar_outcomes").main(["--episodes", "0"])
     assert "--episodes must be >= 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def reach():
+    return make_env("pillar-reach")
+
+
+def test_reach_env_has_a_fixed_cube_and_a_narrower_pillar(reach):
+    assert reach.env_name == "ReachPillar" and reach.max_steps == 150
+    obs = reach.reset(3, seed=4)
+    assert reach.obs_dims == PILLAR_DIMS
+    cube = obs["object-state"][:, :7]  # position and quaternion: the same in every episode (it settles by ~2 mm)
+    assert np.allclose(cube, cube[0], atol=0.005) and np.allclose(cube[0, :2], START) and np.allclose(cube[0, 3:7], [0, 0, 0, 1])
+    env = reach.active[0]
+    size = env.sim.model.geom_size[list(env._pillar_geoms)[0]]
+    assert np.allclose(size, ReachPillar.pillar_half) and ReachPillar.pillar_half[1] < PILLAR_HALF[1]
+    assert not reach.step(np.zeros((3, 7)))[1].any()
+
+
+def test_reach_modes_share_the_approach_and_their_average_hits_the_pillar(reach):
+    reach.reset(6, seed=1)
+    expert = reach.expert(1)
+    assert isinstance(expert, ReachExpert) and set(expert.side) == {-1.0, 1.0}
+    obs, done, eef, quat, phase = reach._stack(reach.raw), np.zeros(6, bool), [], [], []
+    while not done.all():
+        obs, done, success = reach.step(expert.act(obs))
+        eef.append(obs["robot0_eef_pos"]), quat.append(obs["robot0_eef_quat"]), phase.append(expert.phase.copy())
+    eef, quat, phase = np.stack(eef), np.stack(quat), np.stack(phase)
+    assert success.all() and not reach.failed.any()
+    branch = np.argmax(phase >= 2, axis=0)  # the step each episode swerved
+    for i in range(6):
+        assert passed_side(eef[:, i]) == expert.side[i]  # the side drawn is the side passed on
+        approach = eef[branch[i] - 10:branch[i], i]
+        assert (np.abs(approach[:, 1]) < 0.01).all()  # on the centre line up to the swerve, either mode
+    # nothing observed at the swerve tells the episodes apart: the orientation no longer carries the
+    # arm's initial joint noise, the position differs by millimetres
+    at_branch = np.stack([quat[branch[i], i] for i in range(6)])
+    assert at_branch.std(axis=0).max() < 0.005 and quat[0].std(axis=0).max() > 0.005
+    # the average of the two modes: straight into the pillar, within ~10 steps of the swerve
+    reach.reset(6, seed=0)
+    expert = reach.expert(0)
+    expert.side[:] = 0.0
+    obs, done, steps = reach._stack(reach.raw), np.zeros(6, bool), 0
+    while not done.all():
+        obs, done, success = reach.step(expert.act(obs))
+        steps += 1
+    assert reach.failed.all() and not success.any() and steps < branch.max() + 12
+
+
+def test_reach_success_is_the_gripper_over_the_goal(reach):
+    reach.reset(1, seed=0)
+    env = reach.active[0]
+    assert not env._check_success()
+    site = env.sim.data.site_xpos[env.robots[0].eef_site_id["right"]]
+    assert np.linalg.norm(site - REACH_GOAL) > REACH_RADIUS
+    env.touched = True
+    site[:] = REACH_GOAL  # the check reads the simulator's site position
+    assert not env._check_success()  # a touch fails the episode even at the goal
+    env.touched = False
+    assert env._check_success()

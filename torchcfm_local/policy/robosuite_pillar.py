@@ -1,8 +1,14 @@
-"""``LiftPillar``: robosuite's Lift with a fixed pillar between the cube and its goal (imports robosuite).
+"""Lift's table and Panda arm with a fixed pillar between the robot and a goal (imports robosuite).
 
-Importing this module registers the environment with robosuite (``suite.make("LiftPillar")``);
-:mod:`.robosuite_tasks` imports it when it builds one. See :class:`LiftPillar` and its scripted
-expert, :class:`PillarExpert`.
+Two environments, registered with robosuite when this module is imported (``suite.make(...)``;
+:mod:`.robosuite_tasks` imports it when it builds one):
+
+* ``LiftPillar`` (task ``pillar``): carry the cube past the pillar and set it down on the goal;
+  scripted expert :class:`PillarExpert`.
+* ``ReachPillar`` (task ``pillar-reach``): the same scene with the cube fixed in place; move the
+  gripper itself past the pillar to a point over the goal; scripted expert :class:`ReachExpert`.
+  With nothing in the hand, no per-episode detail (a grasp, a cube pose) survives into the
+  observations at the choice of side, so they cannot tell the two modes apart, as on ``point``.
 """
 from __future__ import annotations
 
@@ -12,9 +18,10 @@ from robosuite.models.objects import BoxObject
 from robosuite.utils.mjcf_utils import array_to_string
 from robosuite.utils.placement_samplers import UniformRandomSampler
 
-from .robosuite_tasks import RobosuiteTask, _CubeExpert, _pose_action, _rot_z, _wrap, _yaw
+from .robosuite_tasks import RobosuiteTask, _CubeExpert, _pose_action, _quat_to_mat, _rot_z, _wrap, _yaw
 
-__all__ = ["LiftPillar", "PillarExpert", "passed_side", "PILLAR_CENTER", "PILLAR_HALF", "START", "GOAL", "GOAL_RADIUS"]
+__all__ = ["LiftPillar", "PillarExpert", "ReachPillar", "ReachExpert", "passed_side", "PILLAR_CENTER", "PILLAR_HALF", "START", "GOAL", "GOAL_RADIUS",
+           "REACH_GOAL", "REACH_RADIUS"]
 
 TABLE_Z = 0.8  #: height of the table's top (Lift's table_offset)
 #: the pillar: a box fixed on the table (no joint), its half sizes and centre (m): 6 x 10 cm, 10.5 cm tall
@@ -26,6 +33,9 @@ GOAL = np.array([0.18, 0.0])
 #: success: the cube's centre within this distance (m) of the goal in x and y, ...
 GOAL_RADIUS = 0.05
 GOAL_MAX_Z = TABLE_Z + 0.04  #: ... and below this height: on the table or held just above it
+#: ``pillar-reach``: the gripper's target, over the goal at the carry height, and the success radius (m)
+REACH_GOAL = np.array([*GOAL, 0.9])
+REACH_RADIUS = 0.03
 
 
 def passed_side(cube_path: np.ndarray) -> int:
@@ -60,14 +70,16 @@ class LiftPillar(Lift):
     with the gripper at x < ~0.08 brings the hand down onto the pillar.
     """
 
+    pillar_half = PILLAR_HALF  #: the pillar's half sizes (x, y, z); its centre is over (0, 0)
+
     def __init__(self, *args, **kwargs):
         self.touched = False
         super().__init__(*args, **kwargs)
 
     def _load_model(self):
         super()._load_model()
-        self.pillar = BoxObject(name="pillar", size=PILLAR_HALF.tolist(), rgba=[0.3, 0.3, 0.8, 1], joints=None)
-        self.pillar.get_obj().set("pos", array_to_string(PILLAR_CENTER))
+        self.pillar = BoxObject(name="pillar", size=list(self.pillar_half), rgba=[0.3, 0.3, 0.8, 1], joints=None)
+        self.pillar.get_obj().set("pos", array_to_string([0.0, 0.0, TABLE_Z + self.pillar_half[2]]))
         self.goal_marker = BoxObject(name="goal", size=[GOAL_RADIUS, GOAL_RADIUS, 0.001], rgba=[0, 1, 0, 0.5],
                                      obj_type="visual", joints=None)
         self.goal_marker.get_obj().set("pos", array_to_string([*GOAL, TABLE_Z + 0.001]))
@@ -171,4 +183,79 @@ class PillarExpert(_CubeExpert):
             if self.phase[i] == 7:  # down onto the goal
                 target = np.array([*self.goal, self.table_z + 0.015])
             out[i] = _pose_action(self.rng, eef, m, target, _rot_z(want) @ self.down[i], grip)
+        return out
+
+
+class ReachPillar(LiftPillar):
+    """:class:`LiftPillar` without the carrying: the cube sits fixed at :data:`START` (no random
+    placement, yaw 0), and the gripper itself must reach a point over the goal past the pillar.
+
+    Success (:meth:`_check_success`): the pillar has not been touched and the gripper's site (the
+    point between its fingertips, ``robot0_eef_pos``) is within :data:`REACH_RADIUS` of
+    :data:`REACH_GOAL`. Touching the pillar fails the episode as in :class:`LiftPillar`. At the
+    expert's height the fingertips are level with the pillar, so a gripper that passes it within
+    about 7 cm of its centre line touches it. The only per-episode randomness is robosuite's
+    noise on the arm's initial joint angles: the cube's observations are the same in every episode.
+    """
+
+    pillar_half = np.array([0.03, 0.02, 0.0525])  #: a narrower pillar than LiftPillar's: 4 cm wide (y)
+
+    def _load_model(self):
+        super()._load_model()
+        self.placement_initializer = UniformRandomSampler(
+            name="ObjectSampler", mujoco_objects=self.cube, x_range=[0.0, 0.0], y_range=[0.0, 0.0],
+            rotation=0.0, ensure_object_boundary_in_range=False, ensure_valid_placement=True,
+            reference_pos=np.array([*START, TABLE_Z]), z_offset=0.01, rng=self.rng,
+        )
+
+    def _check_success(self) -> bool:
+        if self.touched:
+            return False
+        eef = self.sim.data.site_xpos[self.robots[0].eef_site_id["right"]]
+        return bool(np.linalg.norm(eef - REACH_GOAL) < REACH_RADIUS)
+
+
+class ReachExpert(PillarExpert):
+    """The scripted expert for :class:`ReachPillar`, gripper closed and empty: to a start point
+    behind the pillar on its centre line (:attr:`APPROACH`, turning the gripper to yaw 0), then
+    straight at the pillar at full speed; at :attr:`BRANCH_X` it swerves to a via-point beside the
+    pillar on a side drawn at random per episode (``side``, -1 or +1), then one past it, then over
+    the goal, where the episode succeeds. Both modes share the approach, so nothing observed tells
+    them apart before the swerve, and their average keeps going straight into the pillar."""
+
+    APPROACH = np.array([-0.25, 0.0])  #: xy of the start of the straight approach
+    BRANCH_X = -0.13  #: gripper x at which the expert swerves
+    BESIDE_X, SIDE_Y, PAST_X = 0.0, 0.15, 0.07
+
+    def __init__(self, task: RobosuiteTask, seed: int = 0):
+        super().__init__(task, seed + 57_637)
+        # exactly "gripper down, yaw 0" (the nearest signed axes), not the arm's initial tilt: no
+        # trace of an episode's initial joint noise stays in the observed orientation
+        self.down = [np.round(d) for d in self.down]
+
+    def act(self, obs: dict) -> np.ndarray:
+        n = len(self.phase)
+        out = np.zeros((n, 7))
+        for i in range(n):
+            eef, m = obs["robot0_eef_pos"][i].astype(float), _quat_to_mat(obs["robot0_eef_quat"][i].astype(float))
+            z, side = self.CARRY_Z, self.side[i]
+            if self.phase[i] == 0:  # to the start of the approach, turning to yaw 0
+                target = np.array([*self.APPROACH, z])
+                if np.linalg.norm(target - eef) < 0.01 and abs(_wrap(_yaw(m))) < 0.05:
+                    self.phase[i] = 1
+            if self.phase[i] == 1:  # straight at the pillar, full speed
+                target = np.array([eef[0] + 0.2, 0.0, z])
+                if eef[0] >= self.BRANCH_X:
+                    self.phase[i] = 2
+            if self.phase[i] == 2:  # swerve: the multimodal choice
+                target = np.array([self.BESIDE_X, side * self.SIDE_Y, z])
+                if np.linalg.norm(target - eef) < 0.03:
+                    self.phase[i] = 3
+            if self.phase[i] == 3:  # past it
+                target = np.array([self.PAST_X, side * self.SIDE_Y, z])
+                if np.linalg.norm(target - eef) < 0.03:
+                    self.phase[i] = 4
+            if self.phase[i] == 4:  # over the goal
+                target = REACH_GOAL
+            out[i] = _pose_action(self.rng, eef, m, target, self.down[i], 1.0)
         return out

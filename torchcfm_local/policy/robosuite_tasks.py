@@ -88,7 +88,7 @@ class RobosuiteTask:
         from robosuite.controllers import load_composite_controller_config
         from robosuite.utils.log_utils import ROBOSUITE_DEFAULT_LOGGER
 
-        if self.env_name == "LiftPillar":
+        if self.env_name in ("LiftPillar", "ReachPillar"):
             from . import robosuite_pillar  # noqa: F401  (defining the class registers it with robosuite)
 
         ROBOSUITE_DEFAULT_LOGGER.setLevel(logging.ERROR)  # per-env notes on unused controller parts
@@ -139,10 +139,10 @@ class RobosuiteTask:
         return self._stack(self.raw), self.done.copy(), self.success.copy()
 
     def expert(self, seed: int = 0):
-        if self.env_name == "LiftPillar":
-            from .robosuite_pillar import PillarExpert
+        if self.env_name in ("LiftPillar", "ReachPillar"):
+            from .robosuite_pillar import PillarExpert, ReachExpert
 
-            return PillarExpert(self, seed)
+            return (PillarExpert if self.env_name == "LiftPillar" else ReachExpert)(self, seed)
         experts = {"Lift": LiftExpert, "PickPlaceCan": CanExpert, "NutAssemblySquare": SquareExpert}
         if self.env_name not in experts:
             raise ValueError(f"no scripted expert for {self.env_name}")

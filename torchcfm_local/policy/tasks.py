@@ -114,8 +114,15 @@ def _pillar(**kwargs):
     return RobosuiteTask("LiftPillar", **{"max_steps": 200, **kwargs})
 
 
+def _pillar_reach(**kwargs):
+    from .robosuite_tasks import RobosuiteTask
+
+    return RobosuiteTask("ReachPillar", **{"max_steps": 150, **kwargs})
+
+
 #: task name -> environment constructor; robosuite tasks need the ``[robot]`` extra.
-TASKS = {"point": PointObstacle, "lift": _lift, "can": _can, "square": _square, "pillar": _pillar}
+TASKS = {"point": PointObstacle, "lift": _lift, "can": _can, "square": _square, "pillar": _pillar,
+         "pillar-reach": _pillar_reach}
 
 
 def make_env(name: str, **kwargs):
