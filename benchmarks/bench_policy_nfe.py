@@ -43,14 +43,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("global", "lfm")
 
 
-def set_sampler(policy, method: str, setting: tuple, blocks: int, demos) -> None:
+def set_sampler(policy, method: str, setting: tuple, blocks: int, demos) -> list:
     """``("steps", k)``: RK4 with ``k`` steps per LFM block, or the same NFE in the global flow's one
-    block; ``("tol", t)``: the steps per block that :meth:`choose_sampling_steps` picks at ``t``."""
+    block; ``("tol", t)``: the steps per block that :meth:`choose_sampling_steps` picks at ``t``.
+    Returns, for a tolerance, every block's measured relative error per step count tried."""
     kind, value = setting
     if kind == "tol":
-        policy.choose_sampling_steps(demos, value)
-    else:
-        policy.ode = ODEOptions(solver="rk4", steps=value if method == "lfm" else value * blocks)
+        return [c.tried for c in policy.choose_sampling_steps(demos, value)]
+    policy.ode = ODEOptions(solver="rk4", steps=value if method == "lfm" else value * blocks)
+    return []
 
 
 def label(setting: tuple) -> str:
@@ -141,11 +142,12 @@ def main(argv=None) -> int:
             policy.fit(demos, **recipe.fit_options(), seed=seed, progress=False)
             trained.append((seed, method, policy))
             for setting in settings:
-                set_sampler(policy, method, setting, recipe.blocks, demos)
+                errors = set_sampler(policy, method, setting, recipe.blocks, demos)
                 report = evaluate(policy, env, args.episodes, seed=args.eval_seed, generator_seed=seed)
                 block_steps = policy.ode.block_steps or (policy.ode.steps,) * policy.n_blocks
                 records.append({"method": method, "seed": seed, "setting": label(setting), "block_steps": list(block_steps),
-                                "success": report.success_rate, "nfe": float(policy.flow.last_stats.nfe)})
+                                "block_errors": errors, "success": report.success_rate,
+                                "nfe": float(policy.flow.last_stats.nfe)})
                 print(f"{method} seed {seed}, {label(setting)} {block_steps}: success {report.success_rate:.2f}", flush=True)
     load = os.getloadavg()
     for seed, method, policy in trained:  # latency last, after everything else of this script

@@ -1,11 +1,13 @@
-"""Join ``bench_policy.py`` runs of one protocol that trained different seeds into one result.
+"""Join ``bench_policy.py`` runs of one protocol that trained different seeds or methods into one result.
 
 Robot tasks at real budgets take longer per seed than one session or machine allows, so a
-protocol's seeds can run in separate invocations (``bench_policy.py --seeds 1 --first-seed S``).
+protocol's seeds can run in separate invocations (``bench_policy.py --seeds 1 --first-seed S``),
+and its methods in parallel ones (``--methods lfm`` beside ``--methods global,regression``).
 This reads their json files, checks that they ran the same recipe, task, demos, checkpoints and
-test states and that no seed appears twice, and writes ``<name>.{json,md,png}`` to ``--out`` as
-one ``bench_policy.py`` run over all their seeds would: the same summary (mean ± SE over seeds),
-table and figure. The json lists every source file with its own provenance (command, commit).
+test states and that no method trained one seed twice, and writes ``<name>.{json,md,png}`` to
+``--out`` as one ``bench_policy.py`` run over all their seeds and methods would: the same summary
+(mean ± SE over seeds), table and figure. The json lists every source file with its own
+provenance (command, commit).
 
     python benchmarks/policy_merge_runs.py RUN.json RUN.json ... --out DIR
 """
@@ -48,12 +50,14 @@ def merge(runs: list[dict]) -> dict:
                                  f"{first['protocol'][key]!r}")
         if results["demos"].get("expert_success_rate") != first["demos"].get("expert_success_rate"):
             raise ValueError(f"run {i} trained on other demos than run 1 (expert success differs)")
-    seeds = [s for run in runs for s in run["results"]["protocol"]["seeds"]]
-    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    trained = [sorted({(r["method"], r["seed"]) for r in run["results"]["records"]}) for run in runs]
+    pairs = [pair for run in trained for pair in run]
+    twice = sorted({pair for pair in pairs if pairs.count(pair) > 1})
     if twice:
-        raise ValueError(f"seeds {twice} appear in more than one run")
+        raise ValueError(f"(method, seed) pairs {twice} appear in more than one run")
     records = [r for run in runs for r in run["results"]["records"]]
     methods = list(dict.fromkeys(r["method"] for r in records))
+    seeds = {s for run in runs for s in run["results"]["protocol"]["seeds"]}
     protocol = {**first["protocol"], "seeds": sorted(seeds)}
     demo_meta = next((run["results"]["demos"] for run in runs if "steps" in run["results"]["demos"]),
                      first["demos"])

@@ -227,6 +227,15 @@ def test_merged_runs_equal_one_run_over_their_seeds(tmp_path):
     assert "over 2 training seed(s) (0, 1)" in (tmp_path / "merged" / "policy_point_quick.md").read_text()
     with pytest.raises(SystemExit):  # a seed twice
         merger.main([parts[0], parts[0], "--out", str(tmp_path / "bad")])
+    # the same seeds split by method instead: one run per method, merged, equal the run of both
+    for method in ("regression", "global"):
+        assert bench.main(common[:-1] + [method, "--seeds", "2", "--out", str(tmp_path / method)]) == 0
+    by_method = [str(tmp_path / m / "policy_point_quick.json") for m in ("global", "regression")]
+    assert merger.main(by_method + ["--out", str(tmp_path / "by_method")]) == 0
+    joined = json.loads((tmp_path / "by_method" / "policy_point_quick.json").read_text())["results"]
+    assert joined["protocol"] == whole["protocol"] and set(joined["summary"]) == {"regression", "global"}
+    assert sorted((r["method"], r["seed"], r["epochs"], r["success_rate"]) for r in joined["records"]) == \
+        sorted((r["method"], r["seed"], r["epochs"], r["success_rate"]) for r in whole["records"])
     assert bench.main(common + ["--seeds", "1", "--first-seed", "2", "--lr", "1e-3", "--out", str(tmp_path / "lr")]) == 0
     with pytest.raises(ValueError, match=r"another recipe than run 1 \(fields \['lr'\]\)"):
         merger.merge([json.loads(Path(parts[0]).read_text()),
@@ -410,6 +419,10 @@ def test_policy_nfe_bench_gives_both_flows_equal_nfe(tmp_path):
     assert len(chosen) == 4  # two methods, two seeds: the evaluations the chosen steps imply
     assert all(r["nfe"] == 4.0 * sum(r["block_steps"]) and len(r["block_steps"]) == (3 if r["method"] == "lfm" else 1)
                for r in chosen)
+    for r in chosen:  # each block's last count tried is the chosen one, within the tolerance (or none was: 32)
+        for errors, steps in zip(r["block_errors"], r["block_steps"]):
+            last = max(errors, key=int)
+            assert (int(last) == steps and errors[last] <= 0.05) or (steps == 32 and errors[last] > 0.05)
     assert all(r["latency_s"] > 0 for r in result["records"])
     text = (tmp_path / "policy_nfe_point.md").read_text()
     assert "Smallest NFE that keeps the success" in text and "chosen at tol 0.05" in text

@@ -5,10 +5,11 @@ Two environments, registered with robosuite when this module is imported (``suit
 
 * ``LiftPillar`` (task ``pillar``): carry the cube past the pillar and set it down on the goal;
   scripted expert :class:`PillarExpert`.
-* ``ReachPillar`` (task ``pillar-reach``): the same scene with the cube fixed in place; move the
-  gripper itself past the pillar to a point over the goal; scripted expert :class:`ReachExpert`.
-  With nothing in the hand, no per-episode detail (a grasp, a cube pose) survives into the
-  observations at the choice of side, so they cannot tell the two modes apart, as on ``point``.
+* ``ReachPillar`` (task ``pillar-reach``): the same scene with a narrower pillar and the cube
+  fixed in place; move the gripper itself past the pillar to a point over the goal; scripted
+  expert :class:`ReachExpert`. No per-episode detail (a grasp, a cube pose, the arm's initial
+  tilt) survives into the observations at the choice of side, so they cannot tell the two modes
+  apart, as on ``point``.
 """
 from __future__ import annotations
 
@@ -192,10 +193,11 @@ class ReachPillar(LiftPillar):
 
     Success (:meth:`_check_success`): the pillar has not been touched and the gripper's site (the
     point between its fingertips, ``robot0_eef_pos``) is within :data:`REACH_RADIUS` of
-    :data:`REACH_GOAL`. Touching the pillar fails the episode as in :class:`LiftPillar`. At the
-    expert's height the fingertips are level with the pillar, so a gripper that passes it within
-    about 7 cm of its centre line touches it. The only per-episode randomness is robosuite's
-    noise on the arm's initial joint angles: the cube's observations are the same in every episode.
+    :data:`REACH_GOAL`. Touching the pillar fails the episode as in :class:`LiftPillar`. The pillar
+    is 4 cm wide here (:attr:`pillar_half`); at the expert's height the closed fingertips are level
+    with it, and a gripper that passes it less than about 4 cm off its centre line touches it. The
+    only per-episode randomness is robosuite's noise on the arm's initial joint angles: the cube's
+    observations are the same in every episode (up to its settling, ~2 mm).
     """
 
     pillar_half = np.array([0.03, 0.02, 0.0525])  #: a narrower pillar than LiftPillar's: 4 cm wide (y)
@@ -221,7 +223,14 @@ class ReachExpert(PillarExpert):
     straight at the pillar at full speed; at :attr:`BRANCH_X` it swerves to a via-point beside the
     pillar on a side drawn at random per episode (``side``, -1 or +1), then one past it, then over
     the goal, where the episode succeeds. Both modes share the approach, so nothing observed tells
-    them apart before the swerve, and their average keeps going straight into the pillar."""
+    them apart before the swerve, and their average keeps going straight into the pillar: at the
+    approach speed (~1.3 cm per step) it touches the pillar 7-8 steps after the swerve, within one
+    executed chunk of a policy (8 steps). The expert passes the pillar 5-7 cm off its centre line.
+    Its target orientation is exactly "down, yaw 0", not (as :class:`PillarExpert`'s) the arm's
+    initial orientation with the yaw removed: that one keeps each episode's initial tilt in the
+    observed orientation, a per-episode signature from which a regressor trained on 100 demos
+    learned to pick a side (measured while building this task: ``benchmarks/results/README.md``,
+    section "pillar-reach")."""
 
     APPROACH = np.array([-0.25, 0.0])  #: xy of the start of the straight approach
     BRANCH_X = -0.13  #: gripper x at which the expert swerves

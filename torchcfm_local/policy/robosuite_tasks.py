@@ -6,18 +6,19 @@ observations ``object-state``, ``robot0_eef_pos``, ``robot0_eef_quat``, ``robot0
 no rendering, ``hard_reset=False`` (fast resets). ``n`` environments are kept and stepped one
 after another in this process; the policy is queried once per step for all of them. An episode
 ends at the task's success check, at the step limit, or (environments with ``_check_failure``,
-i.e. LiftPillar) at a failure.
+i.e. LiftPillar and ReachPillar) at a failure.
 
 Actions (7): position delta (x 0.05 m), axis-angle rotation delta in the base frame (x 0.5 rad),
 gripper (-1 open, +1 close), each in [-1, 1].
 
 Environments and experts: ``Lift`` (:class:`LiftExpert`), ``PickPlaceCan`` (:class:`CanExpert`),
 ``NutAssemblySquare`` (:class:`SquareExpert`: the square nut onto the square peg) and our
-``LiftPillar`` (:mod:`.robosuite_pillar` with its ``PillarExpert``: Lift's cube carried past a fixed
-pillar to a goal, left or right of it). The first three experts' modes are harmless to average
-(the MSE regression baseline succeeds on Lift and Can); LiftPillar is built so that the average of
-its expert's two modes runs into the pillar, and touching the pillar ends the episode as a
-failure. Lift's and LiftPillar's ``object-state`` (10) is the cube's position (3) and quaternion
+``LiftPillar`` and ``ReachPillar`` (:mod:`.robosuite_pillar` with ``PillarExpert`` and
+``ReachExpert``: Lift's cube, or the empty gripper, past a fixed pillar to a goal, left or right of
+it). The first three experts' modes are harmless to average (the MSE regression baseline succeeds
+on Lift and Can); the pillar tasks are built so that the average of their expert's two modes runs
+into the pillar, and touching the pillar ends the episode as a failure. The ``object-state`` (10)
+of Lift and the pillar tasks is the cube's position (3) and quaternion
 (4, x y z w), then its position relative to the gripper (3). Square's ``object-state`` (14) is the
 nut's pose in the gripper's frame, position (3) and quaternion (4, x y z w), then in the world
 (3 + 4); robosuite leaves the gripper-frame part zero in the first observation of an episode (its

@@ -8,9 +8,10 @@ An environment steps ``n`` episodes at once (one process, batched policy inferen
 * ``expert(seed)``: a scripted policy with ``act(obs) -> (n, Da)`` for the current batch.
 
 Tasks: ``point`` (below), ``lift``, ``can`` and ``square`` (robosuite's Lift, PickPlaceCan and
-NutAssemblySquare, :mod:`.robosuite_tasks`) and ``pillar`` (robosuite's Lift with a fixed pillar
-between the cube and its goal, :mod:`.robosuite_pillar`: the robot counterpart of ``point``); the
-robosuite tasks need the ``[robot]`` extra.
+NutAssemblySquare, :mod:`.robosuite_tasks`), ``pillar`` (robosuite's Lift with a fixed pillar
+between the cube and its goal) and ``pillar-reach`` (the gripper itself past the pillar, the
+robot counterpart of ``point``; both in :mod:`.robosuite_pillar`); the robosuite tasks need the
+``[robot]`` extra.
 
 ``point`` is a pure-numpy toy task for tests and quick runs: a point must reach a goal behind a
 round obstacle; the expert passes left or right with equal probability, so the average of its
