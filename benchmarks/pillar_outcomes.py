@@ -23,6 +23,10 @@ sides on the way (off the centre line on both sides before getting past the pill
 ``benchmarks/results/pillar_outcomes.{json,md,png}`` (the figure: the gripper's paths, top view,
 coloured by outcome, first training seed).
 
+``--task pillar-reach`` does the same for the empty gripper (:class:`ReachPillar`): the gripper's
+path stands in for the cube's, so nothing is "not lifted", "passed, not set down" means passed
+but not over the goal, and the expert swerves at x = -0.13 after a straight approach.
+
     python benchmarks/pillar_outcomes.py --demos 100 --epochs 200 --seeds 3   # needs the [robot] extra
 """
 from __future__ import annotations
@@ -41,8 +45,8 @@ from torchcfm_local.policy.cli import parse_bench_args
 from torchcfm_local.policy.protocol import train_checkpoints
 from torchcfm_local.policy.recipe import PolicyRecipe
 from torchcfm_local.policy.rollout import evaluate
-from torchcfm_local.policy.robosuite_pillar import (GOAL, GOAL_RADIUS, PILLAR_CENTER, PILLAR_HALF, TABLE_Z,
-                                                    passed_side)
+from torchcfm_local.policy.robosuite_pillar import (GOAL, GOAL_RADIUS, PILLAR_CENTER, PILLAR_HALF, REACH_RADIUS,
+                                                    TABLE_Z, ReachExpert, ReachPillar, passed_side)
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("regression", "global", "lfm")
@@ -89,14 +93,15 @@ def classify(cube: np.ndarray, eef: np.ndarray, touched: bool, success: bool) ->
 def run(args, recipe: PolicyRecipe) -> tuple[list[dict], dict]:
     from tqdm.auto import tqdm
 
-    demos = collect_demos("pillar", args.demos, seed=0, batch=args.demo_batch)
-    env = make_env("pillar")
+    demos = collect_demos(args.task, args.demos, seed=0, batch=args.demo_batch)
+    env = make_env(args.task)
     rows, paths = [], {}
     jobs = [(seed, method) for seed in range(args.seeds) for method in args.methods]
     for seed, method in tqdm(jobs, desc="policies"):
         (ckpt,) = train_checkpoints(method, demos, recipe, [recipe.epochs], seed)
         report = evaluate(ckpt.policy, env, args.episodes, seed=args.eval_seed, generator_seed=seed, record=True)
-        cube, eef = report.trace["object-state"][:, :, :3], report.trace["robot0_eef_pos"]
+        eef = report.trace["robot0_eef_pos"]
+        cube = eef if args.task == "pillar-reach" else report.trace["object-state"][:, :, :3]
         for i in range(args.episodes):
             rows.append({"method": method, "seed": seed, "episode": i,
                          **classify(cube[:, i], eef[:, i], bool(env.failed[i]), bool(report.successes[i]))})
@@ -131,7 +136,7 @@ def summarize(rows: list[dict], methods, seeds: int) -> dict:
     return out
 
 
-def path_figure(paths: dict, out: Path) -> None:
+def path_figure(paths: dict, out: Path, task: str = "pillar") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,9 +147,10 @@ def path_figure(paths: dict, out: Path) -> None:
     for ax, (method, (xy, outcomes)) in zip(axes[0], paths.items()):
         for i, outcome in enumerate(outcomes):
             ax.plot(xy[:, i, 0], xy[:, i, 1], color=colours[outcome], lw=0.7, alpha=0.8)
-        x0, y0 = PILLAR_CENTER[:2] - PILLAR_HALF[:2]
-        ax.add_patch(plt.Rectangle((x0, y0), 2 * PILLAR_HALF[0], 2 * PILLAR_HALF[1], color="k", alpha=0.4))
-        ax.add_patch(plt.Circle(tuple(GOAL), GOAL_RADIUS, color="tab:green", alpha=0.3))
+        half, radius = (ReachPillar.pillar_half, REACH_RADIUS) if task == "pillar-reach" else (PILLAR_HALF, GOAL_RADIUS)
+        x0, y0 = PILLAR_CENTER[:2] - half[:2]
+        ax.add_patch(plt.Rectangle((x0, y0), 2 * half[0], 2 * half[1], color="k", alpha=0.4))
+        ax.add_patch(plt.Circle(tuple(GOAL), radius, color="tab:green", alpha=0.3))
         ax.set_xlim(-0.3, 0.3)
         ax.set_ylim(-0.35, 0.35)
         ax.set_title(f"{method} (seed 0)")
@@ -167,7 +173,7 @@ def _pm(stat) -> str:
 
 def table(summary: dict, args, recipe: PolicyRecipe, demos: dict) -> str:
     head = ["method", *OUTCOMES, "passed left", "passed right", "switched sides", "gripper x at side choice"]
-    lines = [f"## pillar task: outcome of each rollout, share of {args.episodes} test states, mean ± SE over "
+    lines = [f"## {args.task} task: outcome of each rollout, share of {args.episodes} test states, mean ± SE over "
              f"{args.seeds} training seed(s)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in summary.items():
         cells = [_pm(row["outcomes"][o]) for o in OUTCOMES] + [_pm(row["sides"]["left"]), _pm(row["sides"]["right"]),
@@ -177,7 +183,9 @@ def table(summary: dict, args, recipe: PolicyRecipe, demos: dict) -> str:
               f"`{recipe.to_dict()}`. Head-on: touched before the gripper got past the pillar, within "
               f"{HEAD_ON_Y * 100:.0f} cm of y = 0; past it: touched with the gripper beyond the pillar's back face. "
               f"Side choice: the gripper's x when its |y| first exceeds {CHOICE_Y * 100:.0f} cm after the lift "
-              "(the expert's staging point is x = -0.16; the pillar spans x = -0.03 .. 0.03). "
+              + ("(the expert swerves at x = {:g} after a straight approach; ".format(ReachExpert.BRANCH_X)
+                 if args.task == "pillar-reach" else "(the expert's staging point is x = -0.16; ")
+              + "the pillar spans x = -0.03 .. 0.03). "
               f"Switched sides: more than {CHOICE_Y * 100:.0f} cm off y = 0 on both sides between the lift and "
               "the pillar's back face. Touched rollouts that had switched sides (all seeds): "
               + "; ".join(f"{m} {row['touched_switched']} of {row['touched']}" for m, row in summary.items())
@@ -187,6 +195,7 @@ def table(summary: dict, args, recipe: PolicyRecipe, demos: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="pillar", choices=["pillar", "pillar-reach"])
     parser.add_argument("--demos", type=int, default=100)
     parser.add_argument("--demo-batch", type=int, default=20)
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -201,7 +210,7 @@ def main(argv=None) -> int:
     summary = summarize(rows, args.methods, args.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path_figure(extra["paths"], out / f"{args.name}.png")
+    path_figure(extra["paths"], out / f"{args.name}.png", args.task)
     text = table(summary, args, recipe, extra["demos"])
     write_results(args.out, args.name, {"args": vars(args), "recipe": recipe.to_dict(), "demos": extra["demos"],
                                         "summary": summary, "episodes": rows}, text)

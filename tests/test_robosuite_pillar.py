@@ -1,4 +1,6 @@
-"""robosuite LiftPillar (task ``pillar``): the cube carried past a pillar, left or right (needs the [robot] extra)."""
+"""robosuite LiftPillar and ReachPillar (tasks ``pillar`` and ``pillar-reach``): past a pillar, left or right (needs the [robot] extra)."""
+
+import json
 
 import numpy as np
 import pytest
@@ -165,3 +167,15 @@ def test_reach_success_is_the_gripper_over_the_goal(reach):
     assert not env._check_success()  # a touch fails the episode even at the goal
     env.touched = False
     assert env._check_success()
+
+
+def test_pillar_outcomes_on_the_reach_task(tmp_path):
+    script = load_benchmark("pillar_outcomes")
+    assert script.main(["--task", "pillar-reach", "--demos", "2", "--demo-batch", "2", "--epochs", "1", "--seeds", "1",
+                        "--episodes", "2", "--methods", "regression", "--width", "16", "--out", str(tmp_path),
+                        "--name", "reach"]) == 0
+    out = json.loads((tmp_path / "reach.json").read_text())["results"]
+    shares = out["summary"]["regression"]["outcomes"]
+    assert sum(v["mean"] for v in shares.values()) == pytest.approx(1.0)
+    assert shares["not lifted"]["mean"] == 0.0  # the gripper's own path: nothing to lift
+    assert "pillar-reach task" in (tmp_path / "reach.md").read_text() and (tmp_path / "reach.png").exists()
