@@ -147,6 +147,9 @@ def main(argv=None) -> int:
     p.add_argument("--method", default="lfm", choices=METHODS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--sampling-tol", type=float, default=None,
+                   help="flows: after training, pick RK4 steps per block by measured error at this tolerance "
+                        "(FlowPolicy.choose_sampling_steps); default: equal steps in every block")
     PolicyRecipe.add_arguments(p)
     p = sub.add_parser("eval", help="roll a saved policy out and print its success rate")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -169,10 +172,15 @@ def main(argv=None) -> int:
         demos = _load(args)
         torch.manual_seed(args.seed)
         policy = build_policy(args.method, demos.obs_dims, demos.action.shape[1], recipe=recipe)
+        if args.sampling_tol is not None and args.method == "regression":
+            parser.error("--sampling-tol applies to the flows (global, lfm), not to regression")
         policy.fit(demos, **recipe.fit_options(), seed=args.seed)
+        if args.sampling_tol is not None:
+            policy.choose_sampling_steps(demos, args.sampling_tol)
         policy.save(args.out)
         print(json.dumps({"method": args.method, "parameters": policy.n_parameters(), "seed": args.seed,
-                          "recipe": recipe.to_dict(), "file": args.out}))
+                          "recipe": recipe.to_dict(), "file": args.out,
+                          **({} if args.method == "regression" else {"sampling": policy.ode.to_dict()})}))
     elif args.command == "export":
         demos = _load(args)
         if args.to == "robomimic":
