@@ -21,8 +21,8 @@ from robosuite.utils.placement_samplers import UniformRandomSampler
 
 from .robosuite_tasks import RobosuiteTask, _CubeExpert, _pose_action, _quat_to_mat, _rot_z, _wrap, _yaw
 
-__all__ = ["LiftPillar", "PillarExpert", "ReachPillar", "ReachExpert", "passed_side", "PILLAR_CENTER", "PILLAR_HALF", "START", "GOAL", "GOAL_RADIUS",
-           "REACH_GOAL", "REACH_RADIUS"]
+__all__ = ["LiftPillar", "PillarExpert", "ReachPillar", "ReachExpert", "passed_side", "PILLAR_CENTER", "PILLAR_HALF",
+           "START", "GOAL", "GOAL_RADIUS", "REACH_GOAL", "REACH_RADIUS"]
 
 TABLE_Z = 0.8  #: height of the table's top (Lift's table_offset)
 #: the pillar: a box fixed on the table (no joint), its half sizes and centre (m): 6 x 10 cm, 10.5 cm tall

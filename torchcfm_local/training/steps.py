@@ -1,4 +1,4 @@
-r"""Pushforward steps chosen by measured error (``fit(pushforward_tol=...)``).
+r"""Steps chosen by measured error: the pushforward's (``fit(pushforward_tol=...)``) and sampling's.
 
 After block n is trained, its pool is pushed through it (data -> noise) with RK4. How many steps
 that needs depends on the block: a short block on the linear path is nearly straight, a curved
@@ -15,6 +15,11 @@ side of block n + 1 smoothed by OU noise of that scale; shifting a Gaussian of s
 :math:`\sigma` by :math:`\delta` costs :math:`\delta^2 / (2 \sigma^2)` nats of KL divergence per
 coordinate, so ``tol = 0.01`` bounds the pool's error at about :math:`5 \cdot 10^{-5}` nats per
 coordinate in that sense, far below seed-to-seed spread.
+
+:func:`choose_sampling_steps` applies the same measurement to sampling (noise -> data): each block
+on the inputs it meets when decoding, the steps per block returned as ``ODEOptions(block_steps=...)``.
+There the error feeds the next block down (or is the sample, for block 1) rather than a training
+pool, so its tolerance was set by what keeps the policies' success, not by the argument above.
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ import torch
 from .._checks import positive_float
 from ..solvers import ODEOptions
 
-__all__ = ["StepChoice", "choose_steps", "choose_sampling_steps", "rk4", "ou_noise_scale", "CANDIDATE_STEPS", "REFERENCE_STEPS", "PROBE_ROWS"]
+__all__ = ["StepChoice", "choose_steps", "choose_sampling_steps", "rk4", "ou_noise_scale", "CANDIDATE_STEPS",
+           "REFERENCE_STEPS", "PROBE_ROWS", "SAMPLING_TOL"]
 
 #: RK4 step counts tried, smallest first.
 CANDIDATE_STEPS = (1, 2, 4, 8, 16)
@@ -55,7 +61,8 @@ def ou_noise_scale(h: float) -> float:
 
 @dataclass
 class StepChoice:
-    """The RK4 step count picked for one block's pushforward.
+    """The RK4 step count picked for one block's pushforward (or, by :func:`choose_sampling_steps`,
+    for sampling it).
 
     Attributes:
         steps: the chosen count.
@@ -130,8 +137,8 @@ def choose_sampling_steps(model, tol: float = SAMPLING_TOL, cond: Optional[torch
     if (cond is None) != (model.cond_dim is None):
         raise ValueError("cond must be given for a conditional model and only for one "
                          f"(this model's cond_dim: {model.cond_dim})")
-    rows = PROBE_ROWS if cond is None else int(_probe_index(cond.shape[0]).numel())
     probe_cond = None if cond is None else cond[_probe_index(cond.shape[0])].to(model.dtype)
+    rows = PROBE_ROWS if cond is None else probe_cond.shape[0]
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((rows, *model.shape), generator=generator, dtype=model.dtype)
     choices = {}
