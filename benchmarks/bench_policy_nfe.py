@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     recipe = PolicyRecipe(epochs=args.epochs)
     demos = collect_demos(args.task, args.demos, seed=0)
     env = make_env(args.task)
-    records, trained = [], []
+    records, trained, samplers = [], [], {}
     for seed in range(args.seeds):
         for method in METHODS:
             policy = build_policy(method, demos.obs_dims, demos.action.shape[1], recipe=recipe)
@@ -143,6 +143,7 @@ def main(argv=None) -> int:
             trained.append((seed, method, policy))
             for setting in settings:
                 errors = set_sampler(policy, method, setting, recipe.blocks, demos)
+                samplers[(seed, method, setting)] = policy.ode
                 report = evaluate(policy, env, args.episodes, seed=args.eval_seed, generator_seed=seed)
                 block_steps = policy.ode.block_steps or (policy.ode.steps,) * policy.n_blocks
                 records.append({"method": method, "seed": seed, "setting": label(setting), "block_steps": list(block_steps),
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     for seed, method, policy in trained:  # latency last, after everything else of this script
         for setting in settings:
-            set_sampler(policy, method, setting, recipe.blocks, demos)
+            policy.ode = samplers[(seed, method, setting)]  # the sampler its success was measured with
             seconds = latency(policy, env, args.latency_episodes, args.eval_seed)
             next(r for r in records if (r["method"], r["seed"], r["setting"]) == (method, seed, label(setting)))["latency_s"] = seconds
     summary = summarize(records, settings, list(range(args.seeds)))
