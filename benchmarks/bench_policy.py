@@ -151,6 +151,24 @@ def read_runs(parser: argparse.ArgumentParser, paths: list) -> list[dict]:
     return [json.loads(Path(p).read_text()) for p in paths]
 
 
+def check_comparable(runs: list[dict], shared: tuple, ignore: tuple = ()) -> None:
+    """Raise ``ValueError`` unless every run (a loaded json file) has run 1's recipe (fields an
+    older run lacks: what it trained with; ``ignore``d fields aside) and run 1's values of the
+    protocol fields ``shared``."""
+    def recipe_of(results):
+        return {k: v for k, v in PolicyRecipe.from_dict(results["recipe"]).to_dict().items() if k not in ignore}
+
+    first = runs[0]["results"]
+    recipe = recipe_of(first)
+    for i, run in enumerate(runs[1:], start=2):
+        other = recipe_of(results := run["results"])
+        if other != recipe:
+            raise ValueError(f"run {i} has another recipe than run 1 (fields {sorted(k for k in recipe if recipe[k] != other[k])})")
+        for key in shared:
+            if results["protocol"][key] != first["protocol"][key]:
+                raise ValueError(f"run {i} has protocol {key}={results['protocol'][key]!r}, run 1 {first['protocol'][key]!r}")
+
+
 def _pm(stat, digits=2):
     return f"{stat['mean']:.{digits}f}" + ("" if stat["se"] is None else f" ± {stat['se']:.{digits}f}")
 

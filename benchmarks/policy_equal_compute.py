@@ -33,7 +33,6 @@ from policy_screen_table import success_at as value_at  # noqa: E402  (linear be
 
 from torchcfm_local.bench.report import write_results  # noqa: E402
 from torchcfm_local.bench.seeds import mean_se  # noqa: E402
-from torchcfm_local.policy.recipe import PolicyRecipe  # noqa: E402
 
 #: what the runs must share: the protocol (its checkpoints and seeds aside) and the recipe (its epochs aside)
 SHARED = ("episodes", "eval_seed", "demos", "task")
@@ -43,18 +42,7 @@ AXES = {"flops": "train_flops", "seconds": "train_seconds"}
 def pooled_records(runs: list[dict]) -> tuple[list[dict], dict]:
     """Every record of ``runs`` (loaded json files) and the first run's results, after checking that
     they can be compared seed by seed; a (method, seed, epochs) in two runs is refused."""
-    def recipe_of(results):  # fields an older run lacks: what it trained with; the epochs may differ
-        return {k: v for k, v in PolicyRecipe.from_dict(results["recipe"]).to_dict().items() if k != "epochs"}
-
-    first = runs[0]["results"]
-    recipe = recipe_of(first)
-    for i, run in enumerate(runs[1:], start=2):
-        other = recipe_of(results := run["results"])
-        if other != recipe:
-            raise ValueError(f"run {i} has another recipe than run 1 (fields {sorted(k for k in recipe if recipe[k] != other[k])})")
-        for key in SHARED:
-            if results["protocol"][key] != first["protocol"][key]:
-                raise ValueError(f"run {i} has protocol {key}={results['protocol'][key]!r}, run 1 {first['protocol'][key]!r}")
+    bench_policy.check_comparable(runs, SHARED, ignore=("epochs",))
     records = [r for run in runs for r in run["results"]["records"]]
     keys = [(r["method"], r["seed"], r["epochs"]) for r in records]
     twice = sorted({k for k in keys if keys.count(k) > 1})
@@ -63,7 +51,7 @@ def pooled_records(runs: list[dict]) -> tuple[list[dict], dict]:
     missing = sorted({r["method"] for r in records if r.get("train_flops") is None})
     if missing:
         raise ValueError(f"records of {missing} lack train_flops (written before bench_policy recorded compute)")
-    return records, first
+    return records, runs[0]["results"]
 
 
 def compare(records: list[dict], axis: str) -> list[dict]:

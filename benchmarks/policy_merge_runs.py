@@ -36,19 +36,11 @@ def merge(runs: list[dict]) -> dict:
     """
     if len(runs) < 2:
         raise ValueError(f"give at least two runs to merge, got {len(runs)}")
+    bench_policy.check_comparable(runs, SHARED)
     first = runs[0]["results"]
     recipe = PolicyRecipe.from_dict(first["recipe"]).to_dict()  # fields an older run lacks: what it trained with
     for i, run in enumerate(runs[1:], start=2):
-        results = run["results"]
-        other = PolicyRecipe.from_dict(results["recipe"]).to_dict()
-        if other != recipe:
-            diff = sorted(k for k in recipe if recipe[k] != other[k])
-            raise ValueError(f"run {i} has another recipe than run 1 (fields {diff})")
-        for key in SHARED:
-            if results["protocol"][key] != first["protocol"][key]:
-                raise ValueError(f"run {i} has protocol {key}={results['protocol'][key]!r}, run 1 "
-                                 f"{first['protocol'][key]!r}")
-        if results["demos"].get("expert_success_rate") != first["demos"].get("expert_success_rate"):
+        if run["results"]["demos"].get("expert_success_rate") != first["demos"].get("expert_success_rate"):
             raise ValueError(f"run {i} trained on other demos than run 1 (expert success differs)")
     trained = [sorted({(r["method"], r["seed"]) for r in run["results"]["records"]}) for run in runs]
     pairs = [pair for run in trained for pair in run]

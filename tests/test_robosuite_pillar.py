@@ -44,16 +44,23 @@ def test_pillar_env_observations_and_layout(task):
     assert isinstance(task.expert(0), PillarExpert)
 
 
-def test_the_average_of_the_modes_hits_the_pillar(task):
-    """The expert with side 0, the mean of its two modes (-1 and +1): straight from the start to the
-    goal. It touches the pillar, which ends the episode as a failure, long before the step limit."""
-    task.reset(2, seed=0)
+def _run_the_average(task, n: int) -> tuple[int, np.ndarray]:
+    """Roll out the expert with side 0, the mean of its two modes (-1 and +1), on ``n`` episodes
+    (seed 0) until all end; returns the steps taken and the final success flags."""
+    task.reset(n, seed=0)
     expert = task.expert(0)
     expert.side[:] = 0.0
-    obs, done, steps = task._stack(task.raw), np.zeros(2, bool), 0
+    obs, done, steps = task._stack(task.raw), np.zeros(n, bool), 0
     while not done.all():
         obs, done, success = task.step(expert.act(obs))
         steps += 1
+    return steps, success
+
+
+def test_the_average_of_the_modes_hits_the_pillar(task):
+    """The expert with side 0, the mean of its two modes (-1 and +1): straight from the start to the
+    goal. It touches the pillar, which ends the episode as a failure, long before the step limit."""
+    steps, success = _run_the_average(task, 2)
     assert task.failed.all() and not success.any() and steps < 90  # the expert needs more than 100 steps to the goal
     assert all(env.touched for env in task.active) and not any(env._check_success() for env in task.active)
 
@@ -146,13 +153,7 @@ def test_reach_modes_share_the_approach_and_their_average_hits_the_pillar(reach)
     at_branch = np.stack([quat[branch[i], i] for i in range(6)])
     assert at_branch.std(axis=0).max() < 0.005 and quat[0].std(axis=0).max() > 0.005
     # the average of the two modes: straight into the pillar, within ~10 steps of the swerve
-    reach.reset(6, seed=0)
-    expert = reach.expert(0)
-    expert.side[:] = 0.0
-    obs, done, steps = reach._stack(reach.raw), np.zeros(6, bool), 0
-    while not done.all():
-        obs, done, success = reach.step(expert.act(obs))
-        steps += 1
+    steps, success = _run_the_average(reach, 6)
     assert reach.failed.all() and not success.any() and steps < branch.max() + 12
 
 
