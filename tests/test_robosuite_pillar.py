@@ -44,23 +44,26 @@ def test_pillar_env_observations_and_layout(task):
     assert isinstance(task.expert(0), PillarExpert)
 
 
-def _run_the_average(task, n: int) -> tuple[int, np.ndarray]:
+def _run_the_average(task, n: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """Roll out the expert with side 0, the mean of its two modes (-1 and +1), on ``n`` episodes
-    (seed 0) until all end; returns the steps taken and the final success flags."""
+    (seed 0) until all end; returns the steps taken, the final success flags, each episode's
+    length and the expert's phase per step ``(steps, n)``."""
     task.reset(n, seed=0)
     expert = task.expert(0)
     expert.side[:] = 0.0
-    obs, done, steps = task._stack(task.raw), np.zeros(n, bool), 0
+    obs, done, steps, lengths, phases = task._stack(task.raw), np.zeros(n, bool), 0, np.zeros(n, int), []
     while not done.all():
+        lengths += ~done
         obs, done, success = task.step(expert.act(obs))
+        phases.append(expert.phase.copy())
         steps += 1
-    return steps, success
+    return steps, success, lengths, np.stack(phases)
 
 
 def test_the_average_of_the_modes_hits_the_pillar(task):
     """The expert with side 0, the mean of its two modes (-1 and +1): straight from the start to the
     goal. It touches the pillar, which ends the episode as a failure, long before the step limit."""
-    steps, success = _run_the_average(task, 2)
+    steps, success, _, _ = _run_the_average(task, 2)
     assert task.failed.all() and not success.any() and steps < 90  # the expert needs more than 100 steps to the goal
     assert all(env.touched for env in task.active) and not any(env._check_success() for env in task.active)
 
@@ -152,9 +155,13 @@ def test_reach_modes_share_the_approach_and_their_average_hits_the_pillar(reach)
     # arm's initial joint noise, the position differs by millimetres
     at_branch = np.stack([quat[branch[i], i] for i in range(6)])
     assert at_branch.std(axis=0).max() < 0.005 and quat[0].std(axis=0).max() > 0.005
-    # the average of the two modes: straight into the pillar, within ~10 steps of the swerve
-    steps, success = _run_the_average(reach, 6)
-    assert reach.failed.all() and not success.any() and steps < branch.max() + 12
+    # beside the pillar the gripper is more than 5 cm off its centre line (the pillar's half width is 2 cm)
+    beside = np.abs(eef[:, :, 0]) < ReachPillar.pillar_half[0]
+    assert beside.any(axis=0).all() and (np.abs(eef[:, :, 1])[beside] > 0.05).all()
+    # the average of the two modes: straight into the pillar within one executed chunk (8 steps) of the swerve
+    steps, success, lengths, phase = _run_the_average(reach, 6)
+    assert reach.failed.all() and not success.any()
+    assert ((lengths - np.argmax(phase >= 2, axis=0)) <= 8).all()
 
 
 def test_reach_success_is_the_gripper_over_the_goal(reach):

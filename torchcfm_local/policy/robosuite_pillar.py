@@ -195,9 +195,9 @@ class ReachPillar(LiftPillar):
     point between its fingertips, ``robot0_eef_pos``) is within :data:`REACH_RADIUS` of
     :data:`REACH_GOAL`. Touching the pillar fails the episode as in :class:`LiftPillar`. The pillar
     is 4 cm wide here (:attr:`pillar_half`); at the expert's height the closed fingertips are level
-    with it, and a gripper that passes it less than about 4 cm off its centre line touches it. The
+    with it, so a gripper that passes close to its centre line touches it. The
     only per-episode randomness is robosuite's noise on the arm's initial joint angles: the cube's
-    observations are the same in every episode (up to its settling, ~2 mm).
+    observations are the same in every episode (up to its settling, a few millimetres).
     """
 
     pillar_half = np.array([0.03, 0.02, 0.0525])  #: a narrower pillar than LiftPillar's: 4 cm wide (y)
@@ -223,9 +223,9 @@ class ReachExpert(PillarExpert):
     straight at the pillar at full speed; at :attr:`BRANCH_X` it swerves to a via-point beside the
     pillar on a side drawn at random per episode (``side``, -1 or +1), then one past it, then over
     the goal, where the episode succeeds. Both modes share the approach, so nothing observed tells
-    them apart before the swerve, and their average keeps going straight into the pillar: at the
-    approach speed (~1.3 cm per step) it touches the pillar 7-8 steps after the swerve, within one
-    executed chunk of a policy (8 steps). The expert passes the pillar 5-7 cm off its centre line.
+    them apart before the swerve, and their average keeps going straight into the pillar: it
+    touches it within one executed chunk of a policy (8 steps) of the swerve. The expert passes the
+    pillar more than 5 cm off its centre line (both checked in ``tests/test_robosuite_pillar.py``).
     Its target orientation is exactly "down, yaw 0", not (as :class:`PillarExpert`'s) the arm's
     initial orientation with the yaw removed: that one keeps each episode's initial tilt in the
     observed orientation, a per-episode signature from which a regressor trained on 100 demos
