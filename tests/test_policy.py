@@ -207,13 +207,18 @@ def test_cli_three_commands(tmp_path, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert lines[0]["episodes_kept"] == 20 and lines[1]["method"] == "lfm" and 0 <= lines[2]["success_rate"] <= 1
     assert lines[1]["recipe"]["width"] == 32 and lines[1]["recipe"]["epochs"] == 2 and load_policy(p).recipe.width == 32
-    assert lines[1]["sampling"] == {"solver": "rk4", "atol": 1e-6, "rtol": 1e-6, "steps": 6}  # equal steps per block
+    chosen = lines[1]["sampling"]  # by default the steps are picked per block at SAMPLING_TOL
+    assert len(chosen["block_steps"]) == 3 and load_policy(p).ode.block_steps == tuple(chosen["block_steps"])
     q = str(tmp_path / "q.pt")
-    assert cli_main(["train", "--demos", d, "--epochs", "2", "--width", "32", "--sampling-tol", "0.05", "--out", q]) == 0
-    chosen = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sampling"]
-    assert len(chosen["block_steps"]) == 3 and load_policy(q).ode.block_steps == tuple(chosen["block_steps"])
-    with pytest.raises(SystemExit):
-        cli_main(["train", "--demos", d, "--method", "regression", "--sampling-tol", "0.05", "--out", q])
+    assert cli_main(["train", "--demos", d, "--epochs", "2", "--width", "32", "--sampling-tol", "0.03", "--out", q]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sampling"] == chosen  # the default is 0.03
+    assert cli_main(["train", "--demos", d, "--epochs", "2", "--width", "32", "--sampling-tol", "none", "--out", q]) == 0
+    equal = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sampling"]
+    assert equal == {"solver": "rk4", "atol": 1e-6, "rtol": 1e-6, "steps": 6} and load_policy(q).ode.block_steps is None
+    assert cli_main(["train", "--demos", d, "--method", "regression", "--epochs", "2", "--width", "32", "--out", q]) == 0
+    for bad in (["--method", "regression", "--sampling-tol", "0.05"], ["--sampling-tol", "0"], ["--sampling-tol", "x"]):
+        with pytest.raises(SystemExit):
+            cli_main(["train", "--demos", d, *bad, "--out", q])
 
 
 def test_mlp_policies_keep_their_measured_network():

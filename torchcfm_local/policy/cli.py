@@ -13,7 +13,9 @@
 and LeRobot v3 directories; ``--obs-keys a,b`` picks observations (default: all low-dimensional
 ones for Robomimic, ``observation.state`` for LeRobot, all for ``.npz``). ``train`` takes every
 field of :class:`~torchcfm_local.policy.recipe.PolicyRecipe` as a flag (defaults there), prints the
-recipe it used and stores it in the policy file.
+recipe it used and stores it in the policy file. A flow policy then samples with the RK4 steps per
+block that keep each block's measured error within ``--sampling-tol`` (default
+:data:`~torchcfm_local.training.steps.SAMPLING_TOL`; ``none``: equal steps in every block).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 
 from ..networks import count_parameters, width_for_parameters
 from ..solvers import ODEOptions
+from ..training.steps import SAMPLING_TOL
 from .demos import save_demos
 from .formats import load_any_demos, save_robomimic
 from .formats_lerobot import save_lerobot
@@ -115,6 +118,19 @@ def build_policy(method: str, obs_dims: dict, action_dim: int, network: "str | N
     return widened(recipe.schedule("global"))
 
 
+def _sampling_tol(text: str):
+    """``--sampling-tol``: a tolerance > 0, or ``"none"`` for equal steps in every block."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a tolerance > 0 or 'none', got {text!r}")
+    return value
+
+
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demos", required=True, help="a .npz demo file, a Robomimic .hdf5 file or a LeRobot v3 directory")
     p.add_argument("--obs-keys", default=None, help="comma-separated observation keys (LeRobot: columns)")
@@ -147,9 +163,10 @@ def main(argv=None) -> int:
     p.add_argument("--method", default="lfm", choices=METHODS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
-    p.add_argument("--sampling-tol", type=float, default=None,
-                   help="flows: after training, pick RK4 steps per block by measured error at this tolerance "
-                        "(FlowPolicy.choose_sampling_steps); default: equal steps in every block")
+    p.add_argument("--sampling-tol", type=_sampling_tol, default=None,
+                   help="flows: after training, pick the RK4 steps of each block by measured error at this "
+                        f"tolerance (FlowPolicy.choose_sampling_steps; default {SAMPLING_TOL}); 'none': "
+                        f"ceil({POLICY_RK4_STEPS} / blocks) steps in every block (the benchmarks' setting)")
     PolicyRecipe.add_arguments(p)
     p = sub.add_parser("eval", help="roll a saved policy out and print its success rate")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -175,8 +192,9 @@ def main(argv=None) -> int:
         if args.sampling_tol is not None and args.method == "regression":
             parser.error("--sampling-tol applies to the flows (global, lfm), not to regression")
         policy.fit(demos, **recipe.fit_options(), seed=args.seed)
-        if args.sampling_tol is not None:
-            policy.choose_sampling_steps(demos, args.sampling_tol)
+        tol = SAMPLING_TOL if args.sampling_tol is None else args.sampling_tol
+        if args.method != "regression" and tol != "none":
+            policy.choose_sampling_steps(demos, tol)
         policy.save(args.out)
         print(json.dumps({"method": args.method, "parameters": policy.n_parameters(), "seed": args.seed,
                           "recipe": recipe.to_dict(), "file": args.out,
