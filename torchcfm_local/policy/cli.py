@@ -165,8 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--sampling-tol", type=_sampling_tol, default=None,
                    help="flows: after training, pick the RK4 steps of each block by measured error at this "
-                        f"tolerance (FlowPolicy.choose_sampling_steps; default {SAMPLING_TOL}); 'none': "
-                        f"ceil({POLICY_RK4_STEPS} / blocks) steps in every block (the benchmarks' setting)")
+                        f"tolerance (FlowPolicy.choose_sampling_steps; default {SAMPLING_TOL}); 'none': equal "
+                        "steps in every block, at the NFE both flows get (the benchmarks' setting)")
     PolicyRecipe.add_arguments(p)
     p = sub.add_parser("eval", help="roll a saved policy out and print its success rate")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
