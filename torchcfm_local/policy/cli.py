@@ -125,8 +125,8 @@ def _sampling_tol(text: str):
     try:
         value = float(text)
     except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a tolerance > 0 or 'none', got {text!r}")
     return value
 
